@@ -1,0 +1,1 @@
+"""harness: train a Keras model three ways and see everything in TensorBoard."""

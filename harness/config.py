@@ -1,0 +1,141 @@
+"""The run configuration: a frozen, validated record of every option.
+
+`run.py` turns absl flags into a `Config`; everything else takes a `Config`
+(or plain arguments) and never reads FLAGS. `Config.validate()` rejects every
+bad value up front, naming the flag, the value received and what is allowed.
+"""
+
+import dataclasses
+import re
+from typing import Optional
+
+from harness.errors import UsageError
+
+MODES = ("fit", "train_on_batch", "tape")
+BUILTIN_MODELS = ("sequential", "functional", "subclass")
+DATASETS = ("synthetic", "reuters", "imdb")
+OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
+MONITOR_MODES = ("min", "max")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_RUN_NAME = re.compile(r"^[\w.\-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every option of a run. Field names are the flag names."""
+
+    mode: str = "fit"
+    model: str = "sequential"
+    dataset: str = "synthetic"
+    data_dir: Optional[str] = None
+    num_words: int = 10000
+    max_len: int = 300
+    num_classes: Optional[int] = None
+    num_examples: int = 8982
+    epochs: int = 10
+    batch_size: int = 32
+    steps_per_epoch: Optional[int] = None
+    validation_steps: Optional[int] = None
+    optimizer: str = "nadam"
+    learning_rate: float = 1e-3
+    clip_norm: Optional[float] = None
+    seed: int = 42
+    logdir: str = "logs"
+    run_name: Optional[str] = None
+    overwrite: bool = False
+    resume: bool = False
+    verbose: int = 1
+    summary_every_steps: int = 100
+    histogram_freq: int = 1
+    lr_halve_epochs: tuple = (5,)
+    lr_halve_factor: float = 0.5
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 3
+    monitor: str = "val_loss"
+    profile_steps: tuple = ()
+    profiler_port: int = 0
+
+    def validate(self) -> "Config":
+        """Returns self if every value is allowed; raises UsageError otherwise."""
+        _choice("mode", self.mode, MODES)
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.model not in BUILTIN_MODELS and not _IMPORT_PATH.match(self.model):
+            raise UsageError(
+                f"--model={self.model!r} is not allowed: use one of "
+                f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'")
+        for name in ("num_words", "max_len", "epochs", "batch_size", "num_examples",
+                     "keep_checkpoints"):
+            _positive(name, getattr(self, name))
+        for name in ("steps_per_epoch", "validation_steps", "clip_norm"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        for name in ("learning_rate", "lr_halve_factor"):
+            _positive(name, getattr(self, name))
+        for name in ("summary_every_steps", "histogram_freq", "checkpoint_every_steps",
+                     "profiler_port", "verbose"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name}={getattr(self, name)} is not allowed: "
+                                 "it must be 0 (off) or a positive number")
+        if self.num_classes is not None:
+            if self.num_classes < 2:
+                raise UsageError(f"--num_classes={self.num_classes} is not allowed: "
+                                 "it must be at least 2 (2 is the binary task)")
+            if self.dataset != "synthetic":
+                raise UsageError(f"--num_classes applies only to --dataset=synthetic; "
+                                 f"{self.dataset} has a fixed number of classes")
+        if self.num_words < 3:
+            raise UsageError(f"--num_words={self.num_words} is not allowed: it must be at "
+                             "least 3 (0 is padding, 1 the start mark, 2 out-of-vocabulary)")
+        if self.run_name is not None and not _RUN_NAME.match(self.run_name):
+            raise UsageError(f"--run_name={self.run_name!r} is not allowed: use letters, "
+                             "digits, '.', '-' and '_' only")
+        if self.profiler_port > 65535:
+            raise UsageError(f"--profiler_port={self.profiler_port} is not allowed: "
+                             "use 0 (off) or a TCP port up to 65535")
+        if any(e < 1 for e in self.lr_halve_epochs):
+            raise UsageError(f"--lr_halve_epochs={_csv(self.lr_halve_epochs)} is not "
+                             "allowed: epochs are 1-based positive numbers")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other: "
+                             "give one of them")
+        return self
+
+    @property
+    def binary(self) -> bool:
+        """Whether the task is binary (one sigmoid unit) rather than N-way softmax."""
+        return self.classes == 2
+
+    @property
+    def classes(self) -> int:
+        """The number of classes the dataset has."""
+        if self.num_classes is not None:
+            return self.num_classes
+        return 2 if self.dataset == "imdb" else 46
+
+
+def parse_int_list(flag: str, text: str) -> tuple:
+    """Parses '5,8' into (5, 8); '' gives (). Raises UsageError naming the flag."""
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--{flag}={text!r} is not allowed: give comma-separated whole "
+                         "numbers, e.g. 5,8 (or an empty value to disable)") from None
+    return values
+
+
+def _choice(name: str, value: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise UsageError(f"--{name}={value!r} is not allowed: use one of {', '.join(allowed)}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise UsageError(f"--{name}={value} is not allowed: it must be greater than 0")
+
+
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)

@@ -1,0 +1,174 @@
+"""Datasets and the tf.data pipeline.
+
+Three sources, all returned as padded int32 token matrices (Keras's 'pre'
+padding/truncation, like the tutorials):
+- `synthetic`: generated in memory from the seed; Reuters-shaped and learnable.
+- `reuters` / `imdb`: through the `keras.datasets` loaders, so a file's hash is
+  verified before it is unpickled. `--data_dir` names a folder holding
+  `reuters.npz` / `imdb.npz`; the loaders only look in the Keras cache, so the
+  file is copied into a private temporary Keras home for the call.
+
+The training pipeline is an endless stream of batches whose order depends only
+on (seed, epoch of the data), so any loop, and any resumed run, sees the same
+batches at the same global step: pad -> cache -> shuffle(seed, epoch) ->
+batch -> prefetch.
+"""
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+from typing import Iterator, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from harness.errors import HarnessError, UsageError
+
+# Validation split of the synthetic data, like Reuters's 8982/2246.
+SYNTHETIC_VALIDATION_FRACTION = 0.2
+_START, _OOV, _FIRST_WORD = 1, 2, 3
+_KEYWORDS_PER_CLASS = 4
+_KEYWORD_SHARE = 0.2
+_FILES = {"reuters": "reuters.npz", "imdb": "imdb.npz"}
+_LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Padded train/validation arrays and the number of classes."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_classes: int
+
+
+def load(dataset: str, *, num_words: int, max_len: int, seed: int,
+         num_classes: int, num_examples: int, data_dir: Optional[str]) -> Splits:
+    """Loads `dataset` and pads it to `max_len`.
+
+    Raises:
+        UsageError: the data file is missing, corrupt or fails its hash check.
+    """
+    if dataset == "synthetic":
+        return synthetic(num_examples=num_examples, num_words=num_words,
+                         max_len=max_len, num_classes=num_classes, seed=seed)
+    (x_train, y_train), (x_val, y_val) = _load_keras_dataset(
+        dataset, data_dir, num_words=num_words, seed=seed)
+    return Splits(_pad(x_train, max_len), y_train.astype(np.int32),
+                  _pad(x_val, max_len), y_val.astype(np.int32), num_classes)
+
+
+def synthetic(*, num_examples: int, num_words: int, max_len: int, num_classes: int,
+              seed: int) -> Splits:
+    """Reuters-shaped token sequences whose label is carried by keywords.
+
+    Each class owns a few keywords; a sequence is Zipf-distributed filler words
+    with about 15% of its tokens drawn from its class's keywords, so a Conv1D
+    model learns it within an epoch or two. Lengths vary like newswires and the
+    sequences are pre-padded with 0 and start with the start mark 1.
+    """
+    rng = np.random.default_rng(seed)
+    keywords = rng.choice(np.arange(_FIRST_WORD, num_words), replace=False,
+                          size=(num_classes, min(_KEYWORDS_PER_CLASS,
+                                                 (num_words - _FIRST_WORD) // num_classes)))
+    n_total = num_examples + max(1, int(num_examples * SYNTHETIC_VALIDATION_FRACTION))
+    labels = rng.integers(0, num_classes, size=n_total).astype(np.int32)
+    filler = _FIRST_WORD + (rng.zipf(1.3, size=(n_total, max_len)) - 1) % (num_words - _FIRST_WORD)
+    keyword_pick = keywords[labels[:, None], rng.integers(0, keywords.shape[1], (n_total, max_len))]
+    tokens = np.where(rng.random((n_total, max_len)) < _KEYWORD_SHARE, keyword_pick, filler)
+    lengths = rng.integers(max(2, max_len // 4), max_len + 1, size=n_total)
+    positions = np.arange(max_len)[None, :]
+    first = max_len - lengths[:, None]
+    tokens = np.where(positions == first, _START, tokens)
+    tokens = np.where(positions < first, 0, tokens).astype(np.int32)
+    return Splits(tokens[:num_examples], labels[:num_examples],
+                  tokens[num_examples:], labels[num_examples:], num_classes)
+
+
+def train_stream(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
+                 start_step: int = 0) -> tf.data.Dataset:
+    """An endless stream of shuffled batches, positioned at global step `start_step`.
+
+    Every pass over the data (a "data epoch") is shuffled with its own seed
+    derived from (`seed`, pass number) and ends with its partial batch, so the
+    batch at a given global step is the same in every loop and after a resume.
+    """
+    batches_per_pass = math.ceil(len(x) / batch_size)
+    first_pass, offset = divmod(start_step, batches_per_pass)
+    examples = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+
+    def one_pass(pass_number):
+        return examples.shuffle(len(x), seed=seed * 1_000_003 + pass_number,
+                                reshuffle_each_iteration=False).batch(batch_size)
+
+    stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
+    return stream.skip(offset).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int) -> tf.data.Dataset:
+    """The validation batches in a fixed order."""
+    return (tf.data.Dataset.from_tensor_slices((x, y)).cache()
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def steps_for(num_examples: int, batch_size: int, steps: Optional[int]) -> int:
+    """`steps` if given, else the batches in one pass over `num_examples`."""
+    return steps if steps else math.ceil(num_examples / batch_size)
+
+
+def _pad(sequences, max_len: int) -> np.ndarray:
+    return keras.utils.pad_sequences(sequences, maxlen=max_len, dtype="int32")
+
+
+def _load_keras_dataset(dataset: str, data_dir: Optional[str], *, num_words: int, seed: int):
+    file_name = _FILES[dataset]
+    loader = _LOADERS[dataset]
+    hint = (f"download {file_name} once (keras.datasets.{dataset}.load_data() on a machine "
+            f"with internet) and pass --data_dir=<folder holding {file_name}>")
+    if data_dir is None:
+        try:
+            return loader.load_data(path=file_name, num_words=num_words, seed=seed)
+        except Exception as error:  # network errors come in many types
+            raise UsageError(f"--dataset={dataset}: could not load or download {file_name} "
+                             f"({type(error).__name__}); {hint}") from None
+    source = os.path.join(data_dir, file_name)
+    if not os.path.isdir(data_dir):
+        raise UsageError(f"--data_dir={data_dir!r} is not a folder: {hint}")
+    if not os.path.isfile(source):
+        raise UsageError(f"--data_dir={data_dir!r} holds no {file_name}: {hint}")
+    with _private_keras_home(source) as home:
+        try:
+            return loader.load_data(path=file_name, num_words=num_words, seed=seed)
+        except Exception as error:
+            if not os.path.isfile(os.path.join(home, "datasets", file_name)):
+                raise UsageError(f"{source} failed Keras's hash check (truncated or not the "
+                                 f"official file); replace it: {hint}") from None
+            raise HarnessError(f"{source} passed its hash check but could not be read "
+                               f"({type(error).__name__}: {error})") from None
+
+
+@contextlib.contextmanager
+def _private_keras_home(source: str) -> Iterator[str]:
+    """Points the Keras dataset cache at a temporary folder holding a copy of `source`.
+
+    Keras reads KERAS_HOME once at import and `load_data` takes no cache folder,
+    so the cache root is swapped for the call. A copy (not a link) keeps the
+    user's file safe from anything Keras writes into its cache. If the hash
+    check fails, Keras deletes the copy before trying to download.
+    """
+    config = keras.src.backend.config
+    saved = config._KERAS_DIR
+    with tempfile.TemporaryDirectory(prefix="harness-keras-home-") as home:
+        os.makedirs(os.path.join(home, "datasets"))
+        shutil.copyfile(source, os.path.join(home, "datasets", os.path.basename(source)))
+        config._KERAS_DIR = home
+        try:
+            yield home
+        finally:
+            config._KERAS_DIR = saved

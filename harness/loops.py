@@ -1,0 +1,178 @@
+"""The three training loops: `fit`, `train_on_batch` and `tape`.
+
+One contract (after Orbit's runners): each loop takes the same compiled model,
+the same data and the same `keras.callbacks.CallbackList`, calls the same hooks
+with the same `logs` keys, and leaves the per-epoch history on the model's
+`History` callback. `fit` is Keras's own; the other two share `_manual_loop`
+and differ only in how one batch is trained and evaluated.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MODES = ("fit", "train_on_batch", "tape")
+Logs = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long to train: epochs are 0-based indices in [initial_epoch, epochs)."""
+
+    epochs: int
+    steps_per_epoch: int
+    initial_epoch: int = 0
+    initial_step_in_epoch: int = 0
+
+
+def run(mode: str, model: keras.Model, train: tf.data.Dataset,
+        validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
+        schedule: Schedule, *, metrics: Callable[[], list]) -> None:
+    """Trains `model` with the loop named by `mode`.
+
+    Args:
+        mode: one of MODES.
+        model: a compiled model.
+        train: an endless stream of (x, y) batches, positioned at the first step.
+        validation: finite (x, y) batches, evaluated in full after every epoch.
+        callbacks: the run's callbacks, with a History and (optionally) a progress bar.
+        schedule: epochs and steps.
+        metrics: a factory of fresh metric objects, as the model was compiled with
+            (the tape loop updates its own).
+    """
+    if mode == "fit":
+        if schedule.initial_step_in_epoch:
+            raise ValueError("fit resumes only at an epoch boundary")
+        model.fit(train, epochs=schedule.epochs, initial_epoch=schedule.initial_epoch,
+                  steps_per_epoch=schedule.steps_per_epoch, validation_data=validation,
+                  callbacks=callbacks, verbose=0, shuffle=False)
+    elif mode == "train_on_batch":
+        _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
+    elif mode == "tape":
+        steps = _TapeSteps(model, metrics, train.element_spec)
+        _manual_loop(model, steps, train, validation, callbacks, schedule)
+    else:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) -> None:
+    """The epoch/step skeleton `fit` runs, driven by hand (Keras's documented way)."""
+    iterator = iter(train)
+    model.stop_training = False
+    callbacks.on_train_begin()
+    epoch_logs: Logs = {}
+    first_step = schedule.initial_step_in_epoch
+    for epoch in range(schedule.initial_epoch, schedule.epochs):
+        steps.reset()
+        callbacks.on_epoch_begin(epoch)
+        for step in range(first_step, schedule.steps_per_epoch):
+            callbacks.on_train_batch_begin(step)
+            logs = steps.train(iterator)
+            callbacks.on_train_batch_end(step, logs)
+            if model.stop_training:
+                break
+        first_step = 0
+        epoch_logs = steps.result()
+        if validation is not None:
+            epoch_logs.update(_evaluate(steps, validation, callbacks))
+        callbacks.on_epoch_end(epoch, epoch_logs)
+        if model.stop_training:
+            break
+    callbacks.on_train_end(epoch_logs)
+
+
+def _evaluate(steps, validation, callbacks) -> Logs:
+    steps.reset()
+    callbacks.on_test_begin()
+    for step, (x, y) in enumerate(validation):
+        callbacks.on_test_batch_begin(step)
+        logs = steps.test(x, y)
+        callbacks.on_test_batch_end(step, logs)
+    logs = steps.result()
+    callbacks.on_test_end(logs)
+    return {f"val_{name}": value for name, value in logs.items()}
+
+
+class _OnBatchSteps:
+    """Steps through `model.train_on_batch` / `test_on_batch`.
+
+    Keras 3 resets the metrics inside every `*_on_batch` call, so each call
+    returns that batch's values; the epoch's figures are their average weighted
+    by batch size (exact for loss and accuracies, the batch mean for AUC).
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict = {}
+        self._count = 0
+
+    def train(self, iterator) -> Logs:
+        x, y = next(iterator)
+        return self._add(len(y), self.model.train_on_batch(x, y, return_dict=True))
+
+    def test(self, x, y) -> Logs:
+        return self._add(len(y), self.model.test_on_batch(x, y, return_dict=True))
+
+    def _add(self, size: int, logs: Logs) -> Logs:
+        self._count += size
+        for name, value in logs.items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value) * size
+        return logs
+
+    def result(self) -> Logs:
+        return {name: total / self._count for name, total in self._sums.items()}
+
+
+class _TapeSteps:
+    """A `tf.GradientTape` train step compiled with `tf.function`.
+
+    The step pulls its batch from the iterator inside the compiled function (as
+    Keras's own train function does), which saves a Python round trip per step.
+    The loss is the model's compiled loss (`model.compute_loss`), so losses,
+    loss weights and regularizers count exactly as in `fit`; the metrics are
+    the task's own objects, updated here.
+    """
+
+    def __init__(self, model: keras.Model, metrics: Callable[[], list], element_spec):
+        self.model = model
+        self.loss_mean = keras.metrics.Mean(name="loss")
+        self.metrics = metrics()
+        self.train = tf.function(self._train_step)
+        self.test = tf.function(self._test_step, input_signature=element_spec)
+
+    def reset(self) -> None:
+        self.loss_mean.reset_state()
+        for metric in self.metrics:
+            metric.reset_state()
+
+    def _train_step(self, iterator) -> Logs:
+        x, y = next(iterator)
+        model = self.model
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return self._update(y, y_pred, loss)
+
+    def _test_step(self, x, y) -> Logs:
+        y_pred = self.model(x, training=False)
+        loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+        return self._update(y, y_pred, loss)
+
+    def _update(self, y, y_pred, loss) -> Logs:
+        self.loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
+        for metric in self.metrics:
+            metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in (self.loss_mean, *self.metrics)}
+
+    def result(self) -> Logs:
+        return {m.name: float(m.result()) for m in (self.loss_mean, *self.metrics)}
+
+

@@ -1,0 +1,96 @@
+"""The entrypoint: `python -m harness.run --mode=tape`.
+
+absl flags -> a validated, frozen `Config` -> `train(config)`. This is the only
+module that reads FLAGS. A `HarnessError` becomes one line on stderr and its
+exit status (2 for usage errors), never a traceback.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from harness import config as config_lib
+from harness.errors import HarnessError, UsageError
+
+_D = config_lib.Config()
+# Flags whose text is parsed into a tuple by `_config()`.
+_LIST_FLAGS = ("lr_halve_epochs",)
+
+flags.DEFINE_string("mode", _D.mode, "Training loop: " + " | ".join(config_lib.MODES))
+flags.DEFINE_string("model", _D.model, "Model: " + " | ".join(config_lib.BUILTIN_MODELS)
+                    + " | package.module:function (a builder (input_shape, num_classes))")
+flags.DEFINE_string("dataset", _D.dataset, "Dataset: " + " | ".join(config_lib.DATASETS))
+flags.DEFINE_string("data_dir", _D.data_dir,
+                    "Folder holding reuters.npz / imdb.npz (offline use; the hash is checked)")
+flags.DEFINE_integer("num_words", _D.num_words, "Vocabulary size (most frequent words)")
+flags.DEFINE_integer("max_len", _D.max_len, "Sequence length after padding/truncation")
+flags.DEFINE_integer("num_classes", _D.num_classes,
+                     "Synthetic data only: classes (default 46; 2 = binary task)")
+flags.DEFINE_integer("num_examples", _D.num_examples,
+                     "Synthetic data only: training examples (+20% for validation)")
+flags.DEFINE_integer("epochs", _D.epochs, "Epochs to train (in total, when resuming)")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size")
+flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch,
+                     "Train steps per epoch (default: one pass over the training set)")
+flags.DEFINE_integer("validation_steps", _D.validation_steps,
+                     "Validation batches per epoch (default: the whole validation set)")
+flags.DEFINE_string("optimizer", _D.optimizer, "Optimizer: " + " | ".join(config_lib.OPTIMIZERS))
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial learning rate")
+flags.DEFINE_float("clip_norm", _D.clip_norm, "Clip each gradient to this norm (off if unset)")
+flags.DEFINE_integer("seed", _D.seed, "Seed for weights, synthetic data and data order")
+flags.DEFINE_string("logdir", _D.logdir, "Folder holding the run directories")
+flags.DEFINE_string("run_name", _D.run_name, "Run directory name (default <model>-<mode>-<time>)")
+flags.DEFINE_bool("overwrite", _D.overwrite, "Replace an existing run directory")
+flags.DEFINE_bool("resume", _D.resume, "Continue the run --run_name from its last checkpoint")
+flags.DEFINE_integer("verbose", _D.verbose, "0 = quiet, 1 = progress bar, 2 = one line per epoch")
+flags.DEFINE_integer("summary_every_steps", _D.summary_every_steps,
+                     "Write batch_loss and the learning rate every N steps (0 = off)")
+flags.DEFINE_integer("histogram_freq", _D.histogram_freq,
+                     "Weight and gradient histograms every N epochs (0 = off)")
+flags.DEFINE_string("lr_halve_epochs", ",".join(map(str, _D.lr_halve_epochs)),
+                    "1-based epochs at whose start the learning rate is multiplied by "
+                    "--lr_halve_factor, e.g. 5,8 (empty = never)")
+flags.DEFINE_float("lr_halve_factor", _D.lr_halve_factor, "Multiplier at each halving epoch")
+flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
+                     "Also checkpoint every N steps (0 = only at epoch ends)")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints to keep")
+flags.DEFINE_string("monitor", _D.monitor, "Metric that picks the best model (best.keras)")
+
+FLAGS = flags.FLAGS
+
+
+def _config() -> config_lib.Config:
+    values = {field.name: FLAGS[field.name].value
+              for field in config_lib.dataclasses.fields(config_lib.Config)
+              if field.name in FLAGS}
+    for name in _LIST_FLAGS:
+        values[name] = config_lib.parse_int_list(name, values[name])
+    return config_lib.Config(**values).validate()
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {' '.join(argv[1:])!r}: "
+                         "all options are --flags (see --helpfull)")
+    config = _config()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info/warnings
+    logging.set_verbosity(logging.WARNING)
+    from harness.train import train  # imported here so bad flags fail before TF loads
+    train(config)
+    return 0
+
+
+def _main_or_exit(argv) -> None:
+    try:
+        sys.exit(main(argv))
+    except HarnessError as error:
+        print(f"harness: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    app.run(_main_or_exit)
