@@ -9,6 +9,7 @@ import dataclasses
 import re
 from typing import Optional
 
+from callbacks.profile_windows import parse_profile_steps, validate_windows
 from harness.errors import UsageError
 
 MODES = ("fit", "train_on_batch", "tape")
@@ -96,6 +97,10 @@ class Config:
         if any(e < 1 for e in self.lr_halve_epochs):
             raise UsageError(f"--lr_halve_epochs={_csv(self.lr_halve_epochs)} is not "
                              "allowed: epochs are 1-based positive numbers")
+        try:
+            validate_windows(self.profile_steps)
+        except ValueError as error:
+            raise UsageError(f"--profile_steps: {error}") from None
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: "
                              "give one of them")
@@ -125,6 +130,14 @@ def parse_int_list(flag: str, text: str) -> tuple:
         raise UsageError(f"--{flag}={text!r} is not allowed: give comma-separated whole "
                          "numbers, e.g. 5,8 (or an empty value to disable)") from None
     return values
+
+
+def parse_windows(text: str) -> tuple:
+    """Parses --profile_steps ('10,15' or '10,15;200,205'); raises UsageError."""
+    try:
+        return tuple(parse_profile_steps(text))
+    except ValueError as error:
+        raise UsageError(f"--profile_steps={text!r} is not allowed: {error}") from None
 
 
 def _choice(name: str, value: str, allowed: tuple) -> None:

@@ -120,10 +120,11 @@ class _OnBatchSteps:
         return self._add(len(y), self.model.test_on_batch(x, y, return_dict=True))
 
     def _add(self, size: int, logs: Logs) -> Logs:
+        """Adds one batch's values; returns the running averages, as `fit` logs them."""
         self._count += size
         for name, value in logs.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value) * size
-        return logs
+        return self.result()
 
     def result(self) -> Logs:
         return {name: total / self._count for name, total in self._sums.items()}

@@ -98,6 +98,15 @@ class ResidualClassifier(keras.Model):
         self.flatten = layers.Flatten()
         self.head = head(num_classes)
 
+    def build(self, input_shape):
+        # Builds every sublayer, so the variables exist before the first call
+        # (the optimizer and the checkpoint are built from them) and a saved
+        # model can be rebuilt from its config.
+        shape = tuple(input_shape)
+        for layer in (self.embedding, self.block7, self.block5, self.flatten, self.head):
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
     def call(self, inputs):
         x = self.block5(self.block7(self.embedding(inputs)))
         return self.head(self.flatten(x))

@@ -38,10 +38,13 @@ def summary(history: dict, run_dir: str, logdir: str) -> str:
                       "--host 127.0.0.1"])
 
 
-def _best_index(name: str, values: list) -> int:
+def higher_is_better(metric: str) -> bool:
     """Lower is better for losses and timings, higher for everything else."""
-    lower_is_better = "loss" in name or name.endswith("seconds")
-    key = (lambda i: values[i]) if lower_is_better else (lambda i: -values[i])
+    return not ("loss" in metric or metric.endswith("seconds"))
+
+
+def _best_index(name: str, values: list) -> int:
+    key = (lambda i: -values[i]) if higher_is_better(name) else (lambda i: values[i])
     finite = [i for i in range(len(values)) if math.isfinite(values[i])] or [0]
     return min(finite, key=key)
 

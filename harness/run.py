@@ -55,6 +55,12 @@ flags.DEFINE_float("lr_halve_factor", _D.lr_halve_factor, "Multiplier at each ha
 flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
                      "Also checkpoint every N steps (0 = only at epoch ends)")
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints to keep")
+flags.DEFINE_string("profile_steps", "",
+                    "Global steps to profile, START,STOP inclusive; several windows with ';' "
+                    "(e.g. 10,15;200,205). Empty = no profiling")
+flags.DEFINE_integer("profiler_port", _D.profiler_port,
+                     "Start the profiler server on this port for TensorBoard's 'Capture "
+                     "profile' (0 = off). It listens on all interfaces, not only loopback")
 flags.DEFINE_string("monitor", _D.monitor, "Metric that picks the best model (best.keras)")
 
 FLAGS = flags.FLAGS
@@ -66,6 +72,7 @@ def _config() -> config_lib.Config:
               if field.name in FLAGS}
     for name in _LIST_FLAGS:
         values[name] = config_lib.parse_int_list(name, values[name])
+    values["profile_steps"] = config_lib.parse_windows(values["profile_steps"])
     return config_lib.Config(**values).validate()
 
 

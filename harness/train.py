@@ -13,9 +13,16 @@ import keras
 from callbacks.checkpoint import Checkpointing, make_manager, restore_latest
 from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
+from callbacks.profiler import ProfilerCallback, start_profiler_server
+from callbacks.summary import TensorBoardSummaries
 from harness import data, loops, models, report, rundir, task, tracing
 from harness.config import Config
 from harness.errors import UsageError
+
+
+# Flags compared across runs in TensorBoard's HParams tab.
+HPARAMS = ("mode", "model", "dataset", "optimizer", "learning_rate", "batch_size", "seed",
+           "epochs", "num_words", "max_len")
 
 
 @dataclasses.dataclass
@@ -45,6 +52,11 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
                                            config.clip_norm),
                   loss=task.loss(splits.num_classes), metrics=task.metrics(splits.num_classes))
+    monitorable = ["loss"] + [m.name for m in task.metrics(splits.num_classes)]
+    monitorable += [f"val_{name}" for name in monitorable]
+    if config.monitor not in monitorable:
+        raise UsageError(f"--monitor={config.monitor!r} is not a metric of this run: use one "
+                         f"of {', '.join(monitorable)}")
     halving = None
     if config.lr_halve_epochs:
         halving = LearningRateHalving(config.learning_rate, config.lr_halve_epochs,
@@ -70,8 +82,24 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     train_stream = data.train_stream(splits.x_train, splits.y_train,
                                      batch_size=config.batch_size, seed=config.seed,
                                      start_step=global_step)
+    summaries = TensorBoardSummaries(
+        run_dir, probe_batch=(splits.x_train[:config.batch_size],
+                              splits.y_train[:config.batch_size]),
+        batch_size=config.batch_size, every_steps=config.summary_every_steps,
+        histogram_freq=config.histogram_freq, hparams=_hparams(config),
+        flags=dataclasses.asdict(config))
+    profiler = None
+    if config.profile_steps:
+        profiler = ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn)
+    if config.profiler_port:
+        start_profiler_server(config.profiler_port)
+        print_fn(f"harness: profiler server on port {config.profiler_port} (all network "
+                 "interfaces, no authentication): in TensorBoard's Profile tab, Capture "
+                 f"profile from localhost:{config.profiler_port}")
     callback_list = keras.callbacks.CallbackList(
-        [c for c in (halving, Checkpointing(manager, config.checkpoint_every_steps, print_fn),
+        [c for c in (halving, profiler, summaries,
+                     Checkpointing(manager, config.checkpoint_every_steps, print_fn),
+                     _best_model(config, run_dir, schedule.initial_epoch),
                      HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE),
                                  schedule.initial_epoch)) if c is not None],
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
@@ -95,6 +123,29 @@ def _restore(config: Config, manager, steps_per_epoch: int, print_fn) -> int:
     step = int(manager.checkpoint.optimizer.iterations.numpy())
     print_fn(f"Resumed from {path} at global step {step}")
     return step
+
+
+def _best_model(config: Config, run_dir: str,
+                initial_epoch: int) -> keras.callbacks.ModelCheckpoint:
+    """Keeps `best.keras`, the model with the best `--monitor` so far.
+
+    On resume the best value already reached (from history.json) is the bar,
+    so a worse epoch after the resume does not replace the best model."""
+    best = None
+    path = os.path.join(run_dir, rundir.HISTORY_FILE)
+    if initial_epoch and os.path.exists(path):
+        values = rundir.read_json(path).get(config.monitor, [])[:initial_epoch]
+        if values:
+            best = max(values) if report.higher_is_better(config.monitor) else min(values)
+    return keras.callbacks.ModelCheckpoint(
+        os.path.join(run_dir, rundir.BEST_MODEL_FILE), monitor=config.monitor,
+        mode="max" if report.higher_is_better(config.monitor) else "min",
+        save_best_only=True, initial_value_threshold=best, verbose=0)
+
+
+def _hparams(config: Config) -> dict:
+    """The hyperparameters shown in TensorBoard's HParams tab."""
+    return {name: getattr(config, name) for name in HPARAMS}
 
 
 def _usage(check: Callable, *args) -> None:

@@ -1,0 +1,228 @@
+"""Profile chosen global-step windows with the TensorFlow profiler, in any training loop.
+
+`ProfilerCallback` starts a profiler session at the first step of each window,
+marks every step inside it with a `Trace("train", step_num=...)` (the step
+markers behind the Profile tab's step-time breakdown) and stops after the last
+step. The capture is written where TensorBoard's Profile tab finds it,
+`<run_dir>/plugins/profile/<session>/<host>.xplane.pb`, and summarized as
+tables (see `profile_tables`) that are printed and saved next to it.
+
+Profiling is best-effort: a failure to start, stop or summarize a capture is
+one warning line and training goes on.
+
+Two things about the TF 2.21 profiler that this module works around:
+
+- `ProfilerOptions` fields given as Python ints are ignored: the binding tries
+  `bool` before `int`, every int becomes a bool, and the C++ side logs
+  "host_tracer_level expects an i value" and keeps its defaults.
+  `profiler_options` passes values that cannot be read as bool, so they are
+  read as ints and take effect.
+- Session folders are named by the time of `stop()` to the second, so two
+  captures stopped in the same second would share a folder and the second
+  would overwrite the first. Each capture's folder is therefore renamed to
+  `<timestamp>_steps_<start>-<stop>` right after it is written.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from callbacks import profile_tables
+from callbacks.base import StepCallback
+from callbacks.profile_windows import Window, validate_windows
+
+
+class _NativeInt:
+    """An int the profiler binding cannot read as a bool (it has no `__bool__`)."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    def __index__(self) -> int:
+        return self._value
+
+    def __repr__(self) -> str:
+        return repr(self._value)
+
+
+def profiler_options(
+    *, host_tracer_level: int = 2, python_tracer_level: int = 0, device_tracer_level: int = 1
+) -> tf.profiler.experimental.ProfilerOptions:
+    """Builds `ProfilerOptions` whose levels really reach the profiler.
+
+    Plain ints in `ProfilerOptions` are ignored by TF 2.21 (see the module
+    docstring); these values go through as ints.
+
+    Args:
+        host_tracer_level: CPU tracing: 1 user annotations only, 2 also
+            expensive TF ops, 3 verbose.
+        python_tracer_level: 1 traces Python function calls, 0 does not.
+        device_tracer_level: 1 traces GPU/TPU activity, 0 does not.
+
+    Returns:
+        Options for `tf.profiler.experimental.start`.
+    """
+    return tf.profiler.experimental.ProfilerOptions(
+        host_tracer_level=_NativeInt(host_tracer_level),
+        python_tracer_level=_NativeInt(python_tracer_level),
+        device_tracer_level=_NativeInt(device_tracer_level),
+        delay_ms=_NativeInt(0),  # Only used by remote sessions; an int avoids a warning.
+    )
+
+
+def start_profiler_server(port: int) -> None:
+    """Starts the profiler's gRPC server so TensorBoard can capture on demand.
+
+    The server listens on `[::]:port`, i.e. on ALL network interfaces (IPv6
+    wildcard, which also accepts IPv4 on Linux), not only on loopback, and has
+    no authentication: anyone who can reach the port can trigger captures.
+    It runs until the process exits. Starting it twice on the same port does
+    not raise. A capture requested through it while `ProfilerCallback` is
+    recording (or the reverse) fails, as only one session can run at a time.
+
+    Args:
+        port: TCP port, 1..65535.
+
+    Raises:
+        ValueError: If `port` is out of range.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"profiler port must be an int in 1..65535, got {port!r}")
+    tf.profiler.experimental.server.start(port)
+
+
+class ProfilerCallback(StepCallback):
+    """Captures profiler traces of chosen global-step windows and summarizes them.
+
+    Works the same under `model.fit`, a `train_on_batch` loop or a custom
+    `GradientTape` loop, as long as the loop drives it through a
+    `keras.callbacks.CallbackList` (`on_train_begin`, `on_train_batch_begin/end`,
+    `on_train_end`).
+
+    Args:
+        run_dir: The run directory; captures go to `<run_dir>/plugins/profile/`.
+        windows: Inclusive (start, stop) global-step windows, 1-based: (3, 5)
+            profiles the 3rd, 4th and 5th train step. Empty: never profile.
+        print_fn: Receives the printed tables and warning lines.
+        top: How many ops and kernels the tables keep.
+
+    Raises:
+        ValueError: If `windows` is invalid (see `validate_windows`) or `top` < 1.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        windows: Sequence[Sequence[int]],
+        *,
+        print_fn: Callable[[str], None] = print,
+        top: int = 20,
+    ) -> None:
+        super().__init__()
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
+        self.run_dir = Path(run_dir)
+        self.windows = validate_windows(windows)
+        self.captures: list[Path] = []  # Session folders written, oldest first.
+        self._print = print_fn
+        self._top = top
+        self._window: Window | None = None  # The window being recorded.
+        self._xplanes_before: dict[Path, int] = {}  # Capture files before the start.
+        self._trace: tf.profiler.experimental.Trace | None = None
+        self._skipped: set[Window] = set()  # Windows whose start failed.
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        super().on_train_batch_begin(batch, logs)
+        step = self.global_step + 1
+        window = self._window_of(step)
+        if window is None:
+            return
+        if self._window is None and window not in self._skipped:
+            self._start(window)
+        if self._window is not None:
+            self._trace = tf.profiler.experimental.Trace("train", step_num=step, _r=1)
+            self._trace.__enter__()
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        super().on_train_batch_end(batch, logs)
+        self._close_trace()
+        if self._window is not None and self.global_step >= self._window[1]:
+            self._stop()
+
+    def on_train_end(self, logs=None) -> None:
+        self._close_trace()
+        if self._window is not None:
+            self._stop()
+
+    def _window_of(self, step: int) -> Window | None:
+        for window in self.windows:
+            if window[0] <= step <= window[1]:
+                return window
+        return None
+
+    def _close_trace(self) -> None:
+        if self._trace is not None:
+            self._trace.__exit__(None, None, None)
+            self._trace = None
+
+    def _start(self, window: Window) -> None:
+        self._xplanes_before = self._xplane_mtimes()
+        try:
+            tf.profiler.experimental.start(str(self.run_dir), options=profiler_options())
+        except Exception as e:  # Profiling is best-effort: never stop training for it.
+            self._skipped.add(window)
+            self._warn(f"could not start the profiler for steps {_span(window)}", e)
+            return
+        self._window = window
+
+    def _stop(self) -> None:
+        window, self._window = self._window, None
+        try:
+            tf.profiler.experimental.stop()
+            folder = self._new_capture_folder(window)
+        except Exception as e:  # Profiling is best-effort: never stop training for it.
+            self._warn(f"could not save the profile of steps {_span(window)}", e)
+            return
+        self.captures.append(folder)
+        try:
+            tables = profile_tables.build_tables(
+                sorted(folder.glob(f"*{profile_tables.XPLANE_SUFFIX}")), top=self._top
+            )
+            profile_tables.write_tables(tables, folder)
+        except Exception as e:  # Profiling is best-effort: never stop training for it.
+            self._warn(f"profile of steps {_span(window)} saved in {folder}, but no tables", e)
+            return
+        self._print(
+            f"ProfilerCallback: profiled steps {_span(window)}, tables saved in {folder}\n"
+            + profile_tables.format_tables(tables)
+        )
+
+    def _xplane_mtimes(self) -> dict[Path, int]:
+        pattern = f"plugins/profile/*/*{profile_tables.XPLANE_SUFFIX}"
+        return {path: path.stat().st_mtime_ns for path in self.run_dir.glob(pattern)}
+
+    def _new_capture_folder(self, window: Window) -> Path:
+        """Finds the session folder just written and renames it after its steps."""
+        fresh = {
+            path.parent
+            for path, mtime in self._xplane_mtimes().items()
+            if self._xplanes_before.get(path) != mtime
+        }
+        if len(fresh) != 1:
+            raise RuntimeError(f"expected one new capture folder in {self.run_dir}, found {fresh}")
+        folder = fresh.pop()
+        renamed = folder.with_name(f"{folder.name}_steps_{window[0]}-{window[1]}")
+        if renamed.exists():
+            return folder
+        return folder.rename(renamed)
+
+    def _warn(self, what: str, error: Exception) -> None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        self._print(f"WARNING: ProfilerCallback: {what} ({type(error).__name__}: {reason}); "
+                    "training continues.")
+
+
+def _span(window: Window) -> str:
+    return f"{window[0]}-{window[1]}"

@@ -1,0 +1,160 @@
+"""One TensorBoard summary writer for every loop.
+
+`TensorBoardSummaries` writes, under a run directory, what Keras's own
+TensorBoard callback writes only inside `fit` — and more — identically for
+`fit`, `train_on_batch` and a `GradientTape` loop:
+
+- `train/` and `validation/` event files (TensorBoard's convention), per epoch
+  (step = 1-based epoch): `epoch_loss`, `epoch_<metric>`, and in `train/` also
+  `epoch_learning_rate`, `epoch_examples_per_second`, `epoch_seconds`;
+- every `every_steps` train steps (step = global step): `batch_loss` (the
+  running average of the epoch so far, as the progress bar shows it) and
+  `batch_learning_rate`;
+- every `histogram_freq` epochs: a histogram of every trainable weight and of
+  its gradient, the gradient computed on a fixed probe batch (so `fit` gets
+  gradient histograms too, computed the same way as in the other loops);
+- once per run: the op graph of a train step (forward, loss, gradients,
+  optimizer update) traced on the probe batch, for the Graphs tab;
+- once per run, in the run directory itself: the hyperparameters for the
+  HParams tab (its metrics are the scalars above, grouped by `train` and
+  `validation`) and the flags as a text summary.
+"""
+
+import os
+import time
+from typing import Optional
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from callbacks.base import StepCallback
+
+TRAIN, VALIDATION = "train", "validation"
+
+
+class TensorBoardSummaries(StepCallback):
+    """Writes a run's TensorBoard summaries; see the module docstring.
+
+    Args:
+        run_dir: the run directory; event files go to `train/`, `validation/`
+            and (hyperparameters, flags) the directory itself.
+        probe_batch: a fixed (x, y) batch for the gradient histograms and the
+            graph trace.
+        batch_size: examples per step, for `epoch_examples_per_second`.
+        every_steps: write batch scalars every this many steps (0 = never).
+        histogram_freq: write histograms every this many epochs (0 = never).
+        hparams: hyperparameters for the HParams tab (str, int, float, bool).
+        flags: every option of the run, written once as a text table.
+    """
+
+    def __init__(self, run_dir: str, *, probe_batch: tuple, batch_size: int,
+                 every_steps: int = 100, histogram_freq: int = 1,
+                 hparams: Optional[dict] = None, flags: Optional[dict] = None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.probe_batch = probe_batch
+        self.batch_size = batch_size
+        self.every_steps = every_steps
+        self.histogram_freq = histogram_freq
+        self.hparams = hparams or {}
+        self.flags = flags or {}
+        self._writers = {}
+        self._gradients = None
+        self._epoch_start = self._train_end = 0.0
+        self._epoch_first_step = 0
+
+    def writer(self, name: str) -> tf.summary.SummaryWriter:
+        """The writer for `train`, `validation` or '' (the run directory)."""
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(
+                os.path.join(self.run_dir, name))
+        return self._writers[name]
+
+    def on_train_begin(self, logs=None) -> None:
+        super().on_train_begin(logs)
+        if self.global_step == 0:  # a resumed run wrote these already
+            self._write_run_info()
+            self._write_graph()
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._epoch_start = time.perf_counter()
+        self._train_end = 0.0
+        self._epoch_first_step = self.global_step
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        super().on_train_batch_end(batch, logs)
+        if self.every_steps and self.global_step % self.every_steps == 0 and logs:
+            with self.writer(TRAIN).as_default(step=self.global_step):
+                tf.summary.scalar("batch_loss", float(logs["loss"]))
+                tf.summary.scalar("batch_learning_rate", self._learning_rate())
+
+    def on_test_begin(self, logs=None) -> None:
+        self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        now = time.perf_counter()
+        train_seconds = (self._train_end or now) - self._epoch_start
+        examples = (self.global_step - self._epoch_first_step) * self.batch_size
+        step = epoch + 1
+        logs = logs or {}
+        with self.writer(TRAIN).as_default(step=step):
+            for name, value in logs.items():
+                if not name.startswith("val_"):
+                    tf.summary.scalar(f"epoch_{name}", float(value))
+            tf.summary.scalar("epoch_learning_rate", self._learning_rate())
+            tf.summary.scalar("epoch_examples_per_second", examples / max(train_seconds, 1e-9))
+            tf.summary.scalar("epoch_seconds", now - self._epoch_start)
+        with self.writer(VALIDATION).as_default(step=step):
+            for name, value in logs.items():
+                if name.startswith("val_"):
+                    tf.summary.scalar(f"epoch_{name[4:]}", float(value))
+        if self.histogram_freq and step % self.histogram_freq == 0:
+            self._write_histograms(step)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    def _learning_rate(self) -> float:
+        return float(tf.convert_to_tensor(self.model.optimizer.learning_rate))
+
+    def _write_run_info(self) -> None:
+        with self.writer("").as_default(step=0):
+            if self.hparams:
+                hparams_api.hparams(self.hparams, trial_id=os.path.basename(self.run_dir))
+            if self.flags:
+                rows = "\n".join(f"| {name} | {value!r} |" for name, value in self.flags.items())
+                tf.summary.text("flags", f"| flag | value |\n|---|---|\n{rows}")
+
+    def _write_graph(self) -> None:
+        """Traces one train step on the probe batch (without running it)."""
+        model = self.model
+
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
+        graph = tf.function(train_step).get_concrete_function(*self.probe_batch).graph
+        with self.writer(TRAIN).as_default(step=0):
+            tf.summary.graph(graph)
+
+    def _write_histograms(self, step: int) -> None:
+        if self._gradients is None:
+            self._gradients = tf.function(self._probe_gradients)
+        gradients = self._gradients(*self.probe_batch)
+        with self.writer(TRAIN).as_default(step=step):
+            for variable, gradient in zip(self.model.trainable_variables, gradients):
+                tf.summary.histogram(variable.path, variable)
+                tf.summary.histogram(f"{variable.path}/gradient", gradient)
+
+    def _probe_gradients(self, x, y):
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=False)
+            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+        return tape.gradient(loss, self.model.trainable_variables)
