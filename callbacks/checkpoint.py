@@ -22,21 +22,21 @@ def make_manager(model: keras.Model, directory: str, keep: int) -> tf.train.Chec
 
 
 def restore_latest(manager: tf.train.CheckpointManager,
-                   steps_per_epoch: Optional[int] = None) -> Optional[str]:
-    """Restores the newest checkpoint (with `steps_per_epoch`, the newest at an
-    epoch boundary). Returns its path, or None if there is none."""
-    candidates = list(reversed(manager.checkpoints))
-    if steps_per_epoch:
-        candidates = [path for path in candidates
-                      if _step_of(path) % steps_per_epoch == 0]
-    if not candidates:
-        return None
-    manager.checkpoint.restore(candidates[0]).assert_existing_objects_matched()
-    return candidates[0]
+                   warn: Callable[[str], None] = print) -> Optional[str]:
+    """Restores the newest checkpoint that reads back whole.
 
-
-def _step_of(path: str) -> int:
-    return int(path.rsplit("-", 1)[1])
+    A checkpoint that is cut short or corrupt is skipped with a warning and
+    the one before it is tried. Returns the restored path, or None if no
+    checkpoint could be restored.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            manager.checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, AssertionError, ValueError) as error:
+            warn(f"warning: checkpoint {path} is unreadable ({type(error).__name__}); "
+                 "trying the one before it")
+    return None
 
 
 class Checkpointing(StepCallback):
@@ -46,19 +46,19 @@ class Checkpointing(StepCallback):
     saved twice (an epoch end that falls on a step checkpoint).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0,
-                 print_fn: Callable[[str], None] = print) -> None:
+    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0) -> None:
         super().__init__()
         self.manager = manager
         self.every_steps = every_steps
-        self.print_fn = print_fn
         self._last_saved = -1
 
     def save(self) -> str:
-        """Saves the current state now (also used on interruption)."""
-        if self._last_saved != self.global_step:
-            self.manager.save(checkpoint_number=self.global_step)
-            self._last_saved = self.global_step
+        """Saves the current state now, numbered by the optimizer's step count
+        (also called on interruption, from any point of a batch's callbacks)."""
+        step = int(self.model.optimizer.iterations.numpy())
+        if self._last_saved != step:
+            self.manager.save(checkpoint_number=step)
+            self._last_saved = step
         return self.manager.latest_checkpoint
 
     def on_train_batch_end(self, batch, logs=None) -> None:

@@ -25,6 +25,7 @@ import time
 from typing import Optional
 
 import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 
 from callbacks.base import StepCallback
@@ -158,3 +159,38 @@ class TensorBoardSummaries(StepCallback):
             y_pred = self.model(x, training=False)
             loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
         return tape.gradient(loss, self.model.trainable_variables)
+
+
+def purge_after(run_dir: str, global_step: int, epochs_done: int) -> int:
+    """Drops summaries a resumed run is about to write again; returns how many.
+
+    A run stopped between checkpoints has written summaries for steps it will
+    redo after resuming from the last checkpoint. Like TensorBoard's own purge
+    of orphaned data, this removes them, so no step is shown twice: batch
+    summaries after `global_step`, epoch summaries after `epochs_done`. Each
+    event file is rewritten to a temporary file and renamed over the original.
+    """
+    dropped = 0
+    for folder in (TRAIN, VALIDATION):
+        for path in tf.io.gfile.glob(os.path.join(run_dir, folder, "events.out.tfevents.*")):
+            kept, removed = [], 0
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                if _is_orphan(event, global_step, epochs_done):
+                    removed += 1
+                else:
+                    kept.append(record.numpy())
+            if removed:
+                with tf.io.TFRecordWriter(path + ".tmp") as writer:
+                    for record in kept:
+                        writer.write(record)
+                os.replace(path + ".tmp", path)
+                dropped += removed
+    return dropped
+
+
+def _is_orphan(event, global_step: int, epochs_done: int) -> bool:
+    if not event.HasField("summary") or not event.summary.value:
+        return False
+    is_batch = event.summary.value[0].tag.startswith("batch_")
+    return event.step > (global_step if is_batch else epochs_done)

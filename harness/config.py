@@ -6,6 +6,7 @@ bad value up front, naming the flag, the value received and what is allowed.
 """
 
 import dataclasses
+import os
 import re
 from typing import Optional
 
@@ -17,6 +18,10 @@ BUILTIN_MODELS = ("sequential", "functional", "subclass")
 DATASETS = ("synthetic", "reuters", "imdb")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
 MONITOR_MODES = ("min", "max")
+# The shortest --max_len each built-in model takes: its convolutions and
+# poolings shrink the sequence, and a shorter one leaves nothing to convolve
+# (tests/test_loops.py checks these against the models themselves).
+MIN_MAX_LEN = {"sequential": 12, "functional": 55, "subclass": 4}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 
@@ -85,6 +90,10 @@ class Config:
             if self.dataset != "synthetic":
                 raise UsageError(f"--num_classes applies only to --dataset=synthetic; "
                                  f"{self.dataset} has a fixed number of classes")
+        if self.max_len < MIN_MAX_LEN.get(self.model, 1):
+            raise UsageError(f"--max_len={self.max_len} is not allowed with --model="
+                             f"{self.model}: it must be at least {MIN_MAX_LEN[self.model]} "
+                             "for that model's convolutions and poolings")
         if self.num_words < 3:
             raise UsageError(f"--num_words={self.num_words} is not allowed: it must be at "
                              "least 3 (0 is padding, 1 the start mark, 2 out-of-vocabulary)")
@@ -104,6 +113,10 @@ class Config:
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: "
                              "give one of them")
+        if self.resume and not self.run_name:
+            raise UsageError("--resume needs --run_name naming the run to continue "
+                             f"(a folder under --logdir={self.logdir})")
+        check_logdir(self.logdir)
         return self
 
     @property
@@ -117,6 +130,21 @@ class Config:
         if self.num_classes is not None:
             return self.num_classes
         return 2 if self.dataset == "imdb" else 46
+
+
+def check_logdir(logdir: str) -> None:
+    """Raises UsageError unless `logdir` is, or can be created as, a writable folder.
+
+    Part of `validate()`, so an unusable --logdir fails with the other bad
+    flags, before TensorFlow is imported; it only looks, never creates.
+    """
+    existing = logdir
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    existing = existing or "."
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--logdir={logdir!r} cannot be written ({existing} is not a "
+                         "writable folder): choose another --logdir")
 
 
 def parse_int_list(flag: str, text: str) -> tuple:

@@ -27,8 +27,19 @@ class Schedule:
     initial_epoch: int = 0
     initial_step_in_epoch: int = 0
 
+    @classmethod
+    def at_step(cls, global_step: int, epochs: int, steps_per_epoch: int) -> "Schedule":
+        """The schedule of a run that has already trained `global_step` steps."""
+        epoch, step = divmod(global_step, steps_per_epoch)
+        return cls(epochs, steps_per_epoch, epoch, step)
 
-def run(mode: str, model: keras.Model, train: tf.data.Dataset,
+    @property
+    def start_step(self) -> int:
+        """The global step training starts from."""
+        return self.initial_epoch * self.steps_per_epoch + self.initial_step_in_epoch
+
+
+def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
         validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
         schedule: Schedule, *, metrics: Callable[[], list]) -> None:
     """Trains `model` with the loop named by `mode`.
@@ -36,7 +47,7 @@ def run(mode: str, model: keras.Model, train: tf.data.Dataset,
     Args:
         mode: one of MODES.
         model: a compiled model.
-        train: an endless stream of (x, y) batches, positioned at the first step.
+        train: gives the endless stream of (x, y) batches positioned at a global step.
         validation: finite (x, y) batches, evaluated in full after every epoch.
         callbacks: the run's callbacks, with a History and (optionally) a progress bar.
         schedule: epochs and steps.
@@ -44,23 +55,36 @@ def run(mode: str, model: keras.Model, train: tf.data.Dataset,
             (the tape loop updates its own).
     """
     if mode == "fit":
-        if schedule.initial_step_in_epoch:
-            raise ValueError("fit resumes only at an epoch boundary")
-        model.fit(train, epochs=schedule.epochs, initial_epoch=schedule.initial_epoch,
-                  steps_per_epoch=schedule.steps_per_epoch, validation_data=validation,
-                  callbacks=callbacks, verbose=0, shuffle=False)
+        _fit(model, train, validation, callbacks, schedule)
     elif mode == "train_on_batch":
         _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
     elif mode == "tape":
-        steps = _TapeSteps(model, metrics, train.element_spec)
+        steps = _TapeSteps(model, metrics, train(0).element_spec)
         _manual_loop(model, steps, train, validation, callbacks, schedule)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
+def _fit(model, train, validation, callbacks, schedule: Schedule) -> None:
+    """`model.fit`; a run resumed mid-epoch first finishes that epoch in its own call."""
+    epoch = schedule.initial_epoch
+    if schedule.initial_step_in_epoch:
+        model.fit(train(schedule.start_step), epochs=epoch + 1,
+                  initial_epoch=epoch, validation_data=validation, callbacks=callbacks,
+                  steps_per_epoch=schedule.steps_per_epoch - schedule.initial_step_in_epoch,
+                  verbose=0, shuffle=False)
+        if model.stop_training:
+            return
+        epoch += 1
+    if epoch < schedule.epochs:
+        model.fit(train(epoch * schedule.steps_per_epoch), epochs=schedule.epochs,
+                  initial_epoch=epoch, steps_per_epoch=schedule.steps_per_epoch,
+                  validation_data=validation, callbacks=callbacks, verbose=0, shuffle=False)
+
+
 def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) -> None:
     """The epoch/step skeleton `fit` runs, driven by hand (Keras's documented way)."""
-    iterator = iter(train)
+    iterator = iter(train(schedule.start_step))
     model.stop_training = False
     callbacks.on_train_begin()
     epoch_logs: Logs = {}

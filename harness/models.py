@@ -142,6 +142,9 @@ def build(name: str, input_shape: tuple, num_classes: int, num_words: int) -> ke
         raise UsageError(f"--model={name!r} does not import ({type(error).__name__}: "
                          f"{error}); give 'package.module:function' of a builder "
                          "(input_shape, num_classes) -> keras.Model on PYTHONPATH") from None
+    if not callable(builder):
+        raise UsageError(f"--model={name!r} names a {type(builder).__name__}, not a builder "
+                         "function (input_shape, num_classes) -> keras.Model")
     model = builder(input_shape, num_classes)
     if not isinstance(model, keras.Model):
         raise UsageError(f"--model={name!r} returned {type(model).__name__}, not a "

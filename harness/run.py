@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 
 from harness import config as config_lib
-from harness.errors import HarnessError, UsageError
+from harness.errors import HarnessError, RunInterrupted, UsageError
 
 _D = config_lib.Config()
 # Flags whose text is parsed into a tuple by `_config()`.
@@ -88,9 +88,20 @@ def main(argv) -> int:
     return 0
 
 
+def resume_command(argv: list, run_name: str) -> str:
+    """The command that continues run `run_name`: `argv` with --resume and its name."""
+    kept = [arg for arg in argv[1:] if not arg.startswith(("--run_name", "--resume",
+                                                            "--noresume", "--overwrite"))]
+    return " ".join(["python -m harness.run", *kept, f"--run_name={run_name}", "--resume"])
+
+
 def _main_or_exit(argv) -> None:
     try:
         sys.exit(main(argv))
+    except RunInterrupted as stop:
+        print(f"harness: {stop}\nharness: resume with: {resume_command(sys.argv, stop.run_name)}",
+              file=sys.stderr)
+        sys.exit(stop.exit_code)
     except HarnessError as error:
         print(f"harness: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 
-from harness.config import Config
+from harness.config import Config, check_logdir
 from harness.errors import UsageError
 
 FLAGS_FILE = "flags.json"
@@ -41,12 +41,12 @@ def plan(config: Config) -> str:
             given, --resume has nothing to resume or contradicts the saved
             flags, or the log directory cannot be written.
     """
-    if config.resume and not config.run_name:
+    if config.resume and not config.run_name:  # also caught by Config.validate()
         raise UsageError("--resume needs --run_name naming the run to continue "
                          f"(a folder under --logdir={config.logdir})")
     run_name = config.run_name or default_run_name(config, datetime.datetime.now())
     run_dir = os.path.join(config.logdir, run_name)
-    _check_writable(config.logdir)
+    check_logdir(config.logdir)
     exists = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
     if config.resume:
         if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
@@ -80,16 +80,6 @@ def read_json(path: str):
     """Reads a JSON file."""
     with open(path) as f:
         return json.load(f)
-
-
-def _check_writable(logdir: str) -> None:
-    existing = logdir
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    existing = existing or "."
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--logdir={logdir!r} cannot be written ({existing} is not a "
-                         "writable folder): choose another --logdir")
 
 
 def _check_same_flags(config: Config, run_dir: str) -> None:

@@ -2,23 +2,27 @@
 
 The one place that wires the pieces together: data, model, optimizer, the run
 directory, the callbacks (written once, identical in every loop) and the loop.
+Everything that can be wrong with the flags is found before the run directory
+is touched.
 """
 
 import dataclasses
+import functools
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 
+from callbacks.best_model import BestModel
 from callbacks.checkpoint import Checkpointing, make_manager, restore_latest
+from callbacks.guards import Interrupted, NonFiniteLoss, NonFiniteLossGuard, StopOnSignal
 from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
 from callbacks.profiler import ProfilerCallback, start_profiler_server
-from callbacks.summary import TensorBoardSummaries
+from callbacks.summary import TensorBoardSummaries, purge_after
 from harness import data, loops, models, report, rundir, task, tracing
 from harness.config import Config
-from harness.errors import UsageError
-
+from harness.errors import HarnessError, RunInterrupted, UsageError
 
 # Flags compared across runs in TensorBoard's HParams tab.
 HPARAMS = ("mode", "model", "dataset", "optimizer", "learning_rate", "batch_size", "seed",
@@ -31,15 +35,17 @@ class Result:
 
     run_dir: str
     history: dict
-    trace_counts: dict  # traces of the train/test step, by epoch: see tracing.py
+    trace_counts: dict  # traces of the train and test steps: see tracing.py
 
 
 def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     """Trains the model `config` describes and returns where it went and how it did.
 
     Raises:
-        UsageError: a bad value or combination found while preparing the run;
-            nothing has been written then.
+        UsageError: a bad value or combination; nothing has been written then.
+        RunInterrupted: SIGTERM or Ctrl-C; the current step was checkpointed.
+        HarnessError: the loss became NaN or Inf; no checkpoint or best model
+            was written from that step on.
     """
     config.validate()
     run_dir = rundir.plan(config)
@@ -47,109 +53,130 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     splits = data.load(config.dataset, num_words=config.num_words, max_len=config.max_len,
                        seed=config.seed, num_classes=config.classes,
                        num_examples=config.num_examples, data_dir=config.data_dir)
-    model = models.build(config.model, (config.max_len,), splits.num_classes,
-                         config.num_words)
-    model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
-                                           config.clip_norm),
-                  loss=task.loss(splits.num_classes), metrics=task.metrics(splits.num_classes))
-    monitorable = ["loss"] + [m.name for m in task.metrics(splits.num_classes)]
-    monitorable += [f"val_{name}" for name in monitorable]
-    if config.monitor not in monitorable:
-        raise UsageError(f"--monitor={config.monitor!r} is not a metric of this run: use one "
-                         f"of {', '.join(monitorable)}")
-    halving = None
-    if config.lr_halve_epochs:
-        halving = LearningRateHalving(config.learning_rate, config.lr_halve_epochs,
-                                      config.lr_halve_factor, print_fn)
-        _usage(halving.check, model.optimizer)
+    model = _compiled_model(config, splits.num_classes)
     steps_per_epoch = data.steps_for(len(splits.x_train), config.batch_size,
                                      config.steps_per_epoch)
 
     rundir.create(config, run_dir)
     manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
                            config.keep_checkpoints)
-    global_step = _restore(config, manager, steps_per_epoch, print_fn) if config.resume else 0
-    schedule = loops.Schedule(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                              initial_epoch=global_step // steps_per_epoch,
-                              initial_step_in_epoch=global_step % steps_per_epoch)
+    global_step = _restore(manager, print_fn) if config.resume else 0
+    schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch)
     if schedule.initial_epoch >= config.epochs:
         raise UsageError(f"--resume: the run already finished {schedule.initial_epoch} "
-                         f"epochs; pass a larger --epochs to train further")
+                         "epochs; pass a larger --epochs to train further")
+    if global_step and purge_after(run_dir, global_step, schedule.initial_epoch):
+        print_fn(f"harness: dropped summaries written after step {global_step} "
+                 "(they are written again now)")
     validation = data.validation_dataset(splits.x_val, splits.y_val,
                                          batch_size=config.batch_size)
     if config.validation_steps:
         validation = validation.take(config.validation_steps)
-    train_stream = data.train_stream(splits.x_train, splits.y_train,
-                                     batch_size=config.batch_size, seed=config.seed,
-                                     start_step=global_step)
-    summaries = TensorBoardSummaries(
-        run_dir, probe_batch=(splits.x_train[:config.batch_size],
-                              splits.y_train[:config.batch_size]),
-        batch_size=config.batch_size, every_steps=config.summary_every_steps,
-        histogram_freq=config.histogram_freq, hparams=_hparams(config),
-        flags=dataclasses.asdict(config))
-    profiler = None
-    if config.profile_steps:
-        profiler = ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn)
-    if config.profiler_port:
-        start_profiler_server(config.profiler_port)
-        print_fn(f"harness: profiler server on port {config.profiler_port} (all network "
-                 "interfaces, no authentication): in TensorBoard's Profile tab, Capture "
-                 f"profile from localhost:{config.profiler_port}")
+    stream_at = functools.partial(data.train_stream, splits.x_train, splits.y_train,
+                                  batch_size=config.batch_size, seed=config.seed)
+    checkpointing = Checkpointing(manager, config.checkpoint_every_steps)
     callback_list = keras.callbacks.CallbackList(
-        [c for c in (halving, profiler, summaries,
-                     Checkpointing(manager, config.checkpoint_every_steps, print_fn),
-                     _best_model(config, run_dir, schedule.initial_epoch),
-                     HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE),
-                                 schedule.initial_epoch)) if c is not None],
+        _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn),
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
         epochs=config.epochs, steps=steps_per_epoch, model=model)
 
     print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
-    loops.run(config.mode, model, train_stream, validation, callback_list,
-                       schedule, metrics=lambda: task.metrics(splits.num_classes))
+    try:
+        loops.run(config.mode, model, lambda step: stream_at(start_step=step), validation,
+                  callback_list, schedule, metrics=lambda: task.metrics(splits.num_classes))
+    except (Interrupted, NonFiniteLoss) as stop:
+        callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
+        raise _stopped(stop, run_dir) from None
     history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
     print_fn(report.summary(history, run_dir, config.logdir))
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
 
 
-def _restore(config: Config, manager, steps_per_epoch: int, print_fn) -> int:
-    boundary_only = steps_per_epoch if config.mode == "fit" else None
-    path = restore_latest(manager, boundary_only)
+def _stopped(stop: Exception, run_dir: str) -> HarnessError:
+    """The error that tells the user why training stopped and what is on disk."""
+    if isinstance(stop, Interrupted):
+        return RunInterrupted(f"{stop}; checkpoint saved in {run_dir}",
+                              exit_code=128 + stop.signal_number,
+                              run_name=os.path.basename(run_dir))
+    return HarnessError(
+        f"{stop}: training stopped. The checkpoints and best model from before it are "
+        f"untouched ({run_dir}); lower --learning_rate or set --clip_norm, then start "
+        "again or --resume from the last good checkpoint")
+
+
+def _compiled_model(config: Config, num_classes: int) -> keras.Model:
+    """Builds and compiles the model; rejects a --monitor it does not log."""
+    model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
+    model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
+                                           config.clip_norm),
+                  loss=task.loss(num_classes), metrics=task.metrics(num_classes))
+    monitorable = ["loss"] + [metric.name for metric in task.metrics(num_classes)]
+    monitorable += [f"val_{name}" for name in monitorable]
+    if config.monitor not in monitorable:
+        raise UsageError(f"--monitor={config.monitor!r} is not a metric of this run: use one "
+                         f"of {', '.join(monitorable)}")
+    if config.lr_halve_epochs:
+        try:
+            LearningRateHalving.check(model.optimizer)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    return model
+
+
+def _callbacks(config: Config, run_dir: str, splits: data.Splits,
+               checkpointing: Checkpointing, schedule: loops.Schedule,
+               print_fn: Callable[[str], None]) -> list:
+    """The run's callbacks, in the order they must see each batch: the guards
+    first, so that nothing is written for a step with a NaN loss or after a stop."""
+    callbacks = [NonFiniteLossGuard(), StopOnSignal(on_stop=checkpointing.save)]
+    if config.lr_halve_epochs:
+        callbacks.append(LearningRateHalving(config.learning_rate, config.lr_halve_epochs,
+                                             config.lr_halve_factor, print_fn))
+    if config.profile_steps:
+        callbacks.append(ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn))
+    if config.profiler_port:
+        start_profiler_server(config.profiler_port)
+        print_fn(f"harness: profiler server on port {config.profiler_port}, listening on ALL "
+                 "network interfaces with no authentication; in TensorBoard's Profile tab "
+                 f"use Capture profile with localhost:{config.profiler_port}")
+    callbacks += [
+        TensorBoardSummaries(
+            run_dir, probe_batch=(splits.x_train[:config.batch_size],
+                                  splits.y_train[:config.batch_size]),
+            batch_size=config.batch_size, every_steps=config.summary_every_steps,
+            histogram_freq=config.histogram_freq, hparams=_hparams(config),
+            flags=dataclasses.asdict(config)),
+        checkpointing,
+        BestModel(os.path.join(run_dir, rundir.BEST_MODEL_FILE), config.monitor,
+                  report.higher_is_better(config.monitor),
+                  _best_so_far(config, run_dir, schedule.initial_epoch)),
+        HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE), schedule.initial_epoch),
+    ]
+    return callbacks
+
+
+def _restore(manager, print_fn: Callable[[str], None]) -> int:
+    path = restore_latest(manager, warn=print_fn)
     if path is None:
         raise UsageError(f"--resume: no usable checkpoint in {manager.directory}; "
-                         "start the run again without --resume")
+                         "start the run again without --resume (or with --overwrite)")
     step = int(manager.checkpoint.optimizer.iterations.numpy())
-    print_fn(f"Resumed from {path} at global step {step}")
+    print_fn(f"harness: resumed from {path} at global step {step}")
     return step
 
 
-def _best_model(config: Config, run_dir: str,
-                initial_epoch: int) -> keras.callbacks.ModelCheckpoint:
-    """Keeps `best.keras`, the model with the best `--monitor` so far.
-
-    On resume the best value already reached (from history.json) is the bar,
-    so a worse epoch after the resume does not replace the best model."""
-    best = None
+def _best_so_far(config: Config, run_dir: str, initial_epoch: int) -> Optional[float]:
+    """The best --monitor value of the epochs before a resume, from history.json."""
     path = os.path.join(run_dir, rundir.HISTORY_FILE)
-    if initial_epoch and os.path.exists(path):
-        values = rundir.read_json(path).get(config.monitor, [])[:initial_epoch]
-        if values:
-            best = max(values) if report.higher_is_better(config.monitor) else min(values)
-    return keras.callbacks.ModelCheckpoint(
-        os.path.join(run_dir, rundir.BEST_MODEL_FILE), monitor=config.monitor,
-        mode="max" if report.higher_is_better(config.monitor) else "min",
-        save_best_only=True, initial_value_threshold=best, verbose=0)
+    if not initial_epoch or not os.path.exists(path):
+        return None
+    values = rundir.read_json(path).get(config.monitor, [])[:initial_epoch]
+    if not values:
+        return None
+    return max(values) if report.higher_is_better(config.monitor) else min(values)
 
 
 def _hparams(config: Config) -> dict:
     """The hyperparameters shown in TensorBoard's HParams tab."""
     return {name: getattr(config, name) for name in HPARAMS}
-
-
-def _usage(check: Callable, *args) -> None:
-    try:
-        check(*args)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
