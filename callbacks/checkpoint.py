@@ -63,7 +63,7 @@ class Checkpointing(StepCallback):
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         super().on_train_batch_end(batch, logs)
-        if self.every_steps and self.global_step % self.every_steps == 0:
+        if self.crossed(self.every_steps):
             self.save()
 
     def on_epoch_end(self, epoch, logs=None) -> None:

@@ -78,13 +78,14 @@ class TensorBoardSummaries(StepCallback):
             self._write_graph()
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
+        super().on_epoch_begin(epoch, logs)
         self._epoch_start = time.perf_counter()
         self._train_end = 0.0
         self._epoch_first_step = self.global_step
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         super().on_train_batch_end(batch, logs)
-        if self.every_steps and self.global_step % self.every_steps == 0 and logs:
+        if self.crossed(self.every_steps) and logs:
             with self.writer(TRAIN).as_default(step=self.global_step):
                 tf.summary.scalar("batch_loss", float(logs["loss"]))
                 tf.summary.scalar("batch_learning_rate", self._learning_rate())

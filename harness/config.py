@@ -60,6 +60,9 @@ class Config:
     monitor: str = "val_loss"
     profile_steps: tuple = ()
     profiler_port: int = 0
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+    mixed_precision: bool = False
 
     def validate(self) -> "Config":
         """Returns self if every value is allowed; raises UsageError otherwise."""
@@ -71,7 +74,7 @@ class Config:
                 f"--model={self.model!r} is not allowed: use one of "
                 f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'")
         for name in ("num_words", "max_len", "epochs", "batch_size", "num_examples",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "steps_per_execution"):
             _positive(name, getattr(self, name))
         for name in ("steps_per_epoch", "validation_steps", "clip_norm"):
             if getattr(self, name) is not None:
@@ -110,6 +113,10 @@ class Config:
             validate_windows(self.profile_steps)
         except ValueError as error:
             raise UsageError(f"--profile_steps: {error}") from None
+        if self.mode == "train_on_batch" and self.steps_per_execution > 1:
+            raise UsageError(f"--steps_per_execution={self.steps_per_execution} does not apply "
+                             "to --mode=train_on_batch, which trains one batch per call: use "
+                             "--mode=fit or --mode=tape, or drop the flag")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: "
                              "give one of them")

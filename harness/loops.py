@@ -26,12 +26,14 @@ class Schedule:
     steps_per_epoch: int
     initial_epoch: int = 0
     initial_step_in_epoch: int = 0
+    steps_per_execution: int = 1
 
     @classmethod
-    def at_step(cls, global_step: int, epochs: int, steps_per_epoch: int) -> "Schedule":
+    def at_step(cls, global_step: int, epochs: int, steps_per_epoch: int,
+                steps_per_execution: int = 1) -> "Schedule":
         """The schedule of a run that has already trained `global_step` steps."""
         epoch, step = divmod(global_step, steps_per_epoch)
-        return cls(epochs, steps_per_epoch, epoch, step)
+        return cls(epochs, steps_per_epoch, epoch, step, steps_per_execution)
 
     @property
     def start_step(self) -> int:
@@ -41,7 +43,7 @@ class Schedule:
 
 def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
         validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
-        schedule: Schedule, *, metrics: Callable[[], list]) -> None:
+        schedule: Schedule, *, metrics: Callable[[], list], jit_compile: bool = False) -> None:
     """Trains `model` with the loop named by `mode`.
 
     Args:
@@ -53,13 +55,15 @@ def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
         schedule: epochs and steps.
         metrics: a factory of fresh metric objects, as the model was compiled with
             (the tape loop updates its own).
+        jit_compile: compile the tape loop's step with XLA (`fit` and
+            `train_on_batch` take it from `model.compile`).
     """
     if mode == "fit":
         _fit(model, train, validation, callbacks, schedule)
     elif mode == "train_on_batch":
         _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
     elif mode == "tape":
-        steps = _TapeSteps(model, metrics, train(0).element_spec)
+        steps = _TapeSteps(model, metrics, train(0).element_spec, jit_compile)
         _manual_loop(model, steps, train, validation, callbacks, schedule)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -83,7 +87,11 @@ def _fit(model, train, validation, callbacks, schedule: Schedule) -> None:
 
 
 def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) -> None:
-    """The epoch/step skeleton `fit` runs, driven by hand (Keras's documented way)."""
+    """The epoch/step skeleton `fit` runs, driven by hand (Keras's documented way).
+
+    Batches go in executions of `schedule.steps_per_execution` steps; the batch
+    hooks see an execution's first and last batch index, as under `fit`.
+    """
     iterator = iter(train(schedule.start_step))
     model.stop_training = False
     callbacks.on_train_begin()
@@ -92,10 +100,12 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
     for epoch in range(schedule.initial_epoch, schedule.epochs):
         steps.reset()
         callbacks.on_epoch_begin(epoch)
-        for step in range(first_step, schedule.steps_per_epoch):
-            callbacks.on_train_batch_begin(step)
-            logs = steps.train(iterator)
-            callbacks.on_train_batch_end(step, logs)
+        remaining = schedule.steps_per_epoch - first_step
+        for begin in range(0, remaining, schedule.steps_per_execution):
+            count = min(schedule.steps_per_execution, remaining - begin)
+            callbacks.on_train_batch_begin(begin)
+            logs = steps.train(iterator, count)
+            callbacks.on_train_batch_end(begin + count - 1, logs)
             if model.stop_training:
                 break
         first_step = 0
@@ -136,7 +146,8 @@ class _OnBatchSteps:
         self._sums: dict = {}
         self._count = 0
 
-    def train(self, iterator) -> Logs:
+    def train(self, iterator, count: int) -> Logs:
+        del count  # always 1: train_on_batch trains one batch per call
         x, y = next(iterator)
         return self._add(len(y), self.model.train_on_batch(x, y, return_dict=True))
 
@@ -157,44 +168,60 @@ class _OnBatchSteps:
 class _TapeSteps:
     """A `tf.GradientTape` train step compiled with `tf.function`.
 
-    The step pulls its batch from the iterator inside the compiled function (as
-    Keras's own train function does), which saves a Python round trip per step.
-    The loss is the model's compiled loss (`model.compute_loss`), so losses,
-    loss weights and regularizers count exactly as in `fit`; the metrics are
-    the task's own objects, updated here.
+    One compiled call pulls `count` batches from the iterator and trains on each
+    in a `tf.range` loop, so Python runs once per execution, not once per step
+    (Keras's own train function works the same way). The loss is the model's
+    compiled loss (`model.compute_loss`), so losses, loss weights and
+    regularizers count exactly as in `fit`, scaled for mixed float16 as `fit`
+    scales it; the metrics are the task's own objects, updated here. With
+    `jit_compile` the per-batch step is compiled by XLA.
     """
 
-    def __init__(self, model: keras.Model, metrics: Callable[[], list], element_spec):
+    def __init__(self, model: keras.Model, metrics: Callable[[], list], element_spec,
+                 jit_compile: bool = False):
         self.model = model
         self.loss_mean = keras.metrics.Mean(name="loss")
         self.metrics = metrics()
-        self.train = tf.function(self._train_step)
-        self.test = tf.function(self._test_step, input_signature=element_spec)
+        self._step = tf.function(self._train_step, jit_compile=jit_compile)
+        self._steps = tf.function(self._train_steps)
+        self.test = tf.function(self._test_step, input_signature=element_spec,
+                                jit_compile=jit_compile)
+
+    def train(self, iterator, count: int) -> Logs:
+        return self._steps(iterator, tf.constant(count))
 
     def reset(self) -> None:
         self.loss_mean.reset_state()
         for metric in self.metrics:
             metric.reset_state()
 
-    def _train_step(self, iterator) -> Logs:
-        x, y = next(iterator)
+    def _train_steps(self, iterator, count) -> Logs:
+        for _ in tf.range(count):
+            self._step(*next(iterator))
+        return self._logs()
+
+    def _train_step(self, x, y) -> None:
         model = self.model
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
-        gradients = tape.gradient(loss, model.trainable_variables)
+            scaled_loss = model.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return self._update(y, y_pred, loss)
+        self._update(y, y_pred, loss)
 
     def _test_step(self, x, y) -> Logs:
         y_pred = self.model(x, training=False)
         loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-        return self._update(y, y_pred, loss)
+        self._update(y, y_pred, loss)
+        return self._logs()
 
-    def _update(self, y, y_pred, loss) -> Logs:
+    def _update(self, y, y_pred, loss) -> None:
         self.loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
         for metric in self.metrics:
             metric.update_state(y, y_pred)
+
+    def _logs(self) -> Logs:
         return {m.name: m.result() for m in (self.loss_mean, *self.metrics)}
 
     def result(self) -> Logs:

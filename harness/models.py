@@ -18,10 +18,11 @@ EMBEDDING_DIM = 7
 
 
 def head(num_classes: int) -> layers.Layer:
-    """The output layer for the task."""
+    """The output layer for the task; float32 even under mixed precision, so the
+    probabilities and the loss keep full precision."""
     if num_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name="head")
-    return layers.Dense(num_classes, activation="softmax", name="head")
+        return layers.Dense(1, activation="sigmoid", name="head", dtype="float32")
+    return layers.Dense(num_classes, activation="softmax", name="head", dtype="float32")
 
 
 def sequential(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:

@@ -61,6 +61,11 @@ flags.DEFINE_string("profile_steps", "",
 flags.DEFINE_integer("profiler_port", _D.profiler_port,
                      "Start the profiler server on this port for TensorBoard's 'Capture "
                      "profile' (0 = off). It listens on all interfaces, not only loopback")
+flags.DEFINE_integer("steps_per_execution", _D.steps_per_execution,
+                     "Train steps per compiled call (fit and tape; callbacks see each call)")
+flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the train step with XLA")
+flags.DEFINE_bool("mixed_precision", _D.mixed_precision,
+                  "Mixed precision: bfloat16 on a CPU, float16 with loss scaling on a GPU")
 flags.DEFINE_string("monitor", _D.monitor, "Metric that picks the best model (best.keras)")
 
 FLAGS = flags.FLAGS

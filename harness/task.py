@@ -7,6 +7,7 @@ report the same `logs` keys (`loss`, `accuracy`, ... and `val_`-prefixed ones).
 from typing import Optional
 
 import keras
+import tensorflow as tf
 
 _OPTIMIZERS = {
     "nadam": keras.optimizers.Nadam, "adam": keras.optimizers.Adam,
@@ -36,3 +37,11 @@ def optimizer(name: str, learning_rate: float,
     """The named optimizer. `clip_norm` clips each gradient by its own norm,
     like `tf.clip_by_norm(g, clip_norm)` in the old tf.train recipe."""
     return _OPTIMIZERS[name](learning_rate=learning_rate, clipnorm=clip_norm)
+
+
+def precision_policy(mixed: bool) -> str:
+    """The Keras dtype policy: float16 (with loss scaling) on a GPU, bfloat16 on a
+    CPU, which has no float16 speed-up; plain float32 unless `mixed`."""
+    if not mixed:
+        return "float32"
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"

@@ -61,7 +61,8 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
                            config.keep_checkpoints)
     global_step = _restore(manager, print_fn) if config.resume else 0
-    schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch)
+    schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch,
+                                      config.steps_per_execution)
     if schedule.initial_epoch >= config.epochs:
         raise UsageError(f"--resume: the run already finished {schedule.initial_epoch} "
                          "epochs; pass a larger --epochs to train further")
@@ -84,7 +85,8 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     traces = tracing.count_traces(model)
     try:
         loops.run(config.mode, model, lambda step: stream_at(start_step=step), validation,
-                  callback_list, schedule, metrics=lambda: task.metrics(splits.num_classes))
+                  callback_list, schedule, metrics=lambda: task.metrics(splits.num_classes),
+                  jit_compile=config.jit_compile)
     except (Interrupted, NonFiniteLoss) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
         raise _stopped(stop, run_dir) from None
@@ -107,10 +109,13 @@ def _stopped(stop: Exception, run_dir: str) -> HarnessError:
 
 def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     """Builds and compiles the model; rejects a --monitor it does not log."""
+    keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
     model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
     model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
                                            config.clip_norm),
-                  loss=task.loss(num_classes), metrics=task.metrics(num_classes))
+                  loss=task.loss(num_classes), metrics=task.metrics(num_classes),
+                  jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
     monitorable = ["loss"] + [metric.name for metric in task.metrics(num_classes)]
     monitorable += [f"val_{name}" for name in monitorable]
     if config.monitor not in monitorable:
