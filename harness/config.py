@@ -63,6 +63,11 @@ class Config:
     steps_per_execution: int = 1
     jit_compile: bool = False
     mixed_precision: bool = False
+    metrics: tuple = ()
+    gpus: Optional[tuple] = None
+    gpu_memory_growth: bool = True
+    gpu_memory_limit_mb: int = 0
+    export: bool = False
 
     def validate(self) -> "Config":
         """Returns self if every value is allowed; raises UsageError otherwise."""
@@ -82,7 +87,7 @@ class Config:
         for name in ("learning_rate", "lr_halve_factor"):
             _positive(name, getattr(self, name))
         for name in ("summary_every_steps", "histogram_freq", "checkpoint_every_steps",
-                     "profiler_port", "verbose"):
+                     "profiler_port", "verbose", "gpu_memory_limit_mb"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name}={getattr(self, name)} is not allowed: "
                                  "it must be 0 (off) or a positive number")
@@ -106,6 +111,8 @@ class Config:
         if self.profiler_port > 65535:
             raise UsageError(f"--profiler_port={self.profiler_port} is not allowed: "
                              "use 0 (off) or a TCP port up to 65535")
+        if self.gpus is not None and any(index < 0 for index in self.gpus):
+            raise UsageError(f"--gpus={_csv(self.gpus)} is not allowed: GPU indices are 0, 1, ...")
         if any(e < 1 for e in self.lr_halve_epochs):
             raise UsageError(f"--lr_halve_epochs={_csv(self.lr_halve_epochs)} is not "
                              "allowed: epochs are 1-based positive numbers")
@@ -152,6 +159,11 @@ def check_logdir(logdir: str) -> None:
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--logdir={logdir!r} cannot be written ({existing} is not a "
                          "writable folder): choose another --logdir")
+
+
+def parse_name_list(text: str) -> tuple:
+    """Parses 'accuracy,auc' into ('accuracy', 'auc'); '' gives ()."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def parse_int_list(flag: str, text: str) -> tuple:

@@ -66,6 +66,17 @@ flags.DEFINE_integer("steps_per_execution", _D.steps_per_execution,
 flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the train step with XLA")
 flags.DEFINE_bool("mixed_precision", _D.mixed_precision,
                   "Mixed precision: bfloat16 on a CPU, float16 with loss scaling on a GPU")
+flags.DEFINE_string("metrics", "",
+                    "Comma-separated metrics (default per task: accuracy,top5_accuracy or "
+                    "accuracy,auc); choices: accuracy, top5_accuracy, top3_accuracy, "
+                    "crossentropy, auc, precision, recall")
+flags.DEFINE_string("gpus", "", "GPU indices to use, e.g. 0 or 0,1 (default: all)")
+flags.DEFINE_bool("gpu_memory_growth", _D.gpu_memory_growth,
+                  "Allocate GPU memory as needed instead of all at once")
+flags.DEFINE_integer("gpu_memory_limit_mb", _D.gpu_memory_limit_mb,
+                     "Cap each GPU's memory in MB (0 = no cap)")
+flags.DEFINE_bool("export", _D.export,
+                  "Export the best (or final) model as a SavedModel under the run directory")
 flags.DEFINE_string("monitor", _D.monitor, "Metric that picks the best model (best.keras)")
 
 FLAGS = flags.FLAGS
@@ -78,6 +89,8 @@ def _config() -> config_lib.Config:
     for name in _LIST_FLAGS:
         values[name] = config_lib.parse_int_list(name, values[name])
     values["profile_steps"] = config_lib.parse_windows(values["profile_steps"])
+    values["metrics"] = config_lib.parse_name_list(values["metrics"])
+    values["gpus"] = config_lib.parse_int_list("gpus", values["gpus"]) or None
     return config_lib.Config(**values).validate()
 
 

@@ -4,7 +4,7 @@ Every loop uses these same definitions, so `fit`, `train_on_batch` and `tape`
 report the same `logs` keys (`loss`, `accuracy`, ... and `val_`-prefixed ones).
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -24,12 +24,50 @@ def loss(num_classes: int) -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(name="loss")
 
 
-def metrics(num_classes: int) -> list:
-    """Fresh metric objects: accuracy and top-5 accuracy, or accuracy and AUC."""
-    if num_classes == 2:
-        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy")]
+# Metric name -> (constructor for the binary task, for the N-class task); None
+# where the metric does not apply to that task.
+_BINARY, _CATEGORICAL = 0, 1
+METRICS = {
+    "accuracy": (lambda: keras.metrics.BinaryAccuracy(name="accuracy"),
+                 lambda: keras.metrics.SparseCategoricalAccuracy(name="accuracy")),
+    "top5_accuracy": (None, lambda: keras.metrics.SparseTopKCategoricalAccuracy(
+        k=5, name="top5_accuracy")),
+    "top3_accuracy": (None, lambda: keras.metrics.SparseTopKCategoricalAccuracy(
+        k=3, name="top3_accuracy")),
+    "crossentropy": (lambda: keras.metrics.BinaryCrossentropy(name="crossentropy"),
+                     lambda: keras.metrics.SparseCategoricalCrossentropy(name="crossentropy")),
+    "auc": (lambda: keras.metrics.AUC(name="auc"), None),
+    "precision": (lambda: keras.metrics.Precision(name="precision"), None),
+    "recall": (lambda: keras.metrics.Recall(name="recall"), None),
+}
+DEFAULT_METRICS = {_BINARY: ("accuracy", "auc"), _CATEGORICAL: ("accuracy", "top5_accuracy")}
+
+
+def metric_names(num_classes: int, names: Sequence[str] = ()) -> tuple:
+    """The metrics of a run: `names`, or the task's defaults (accuracy and AUC for
+    the binary task, accuracy and top-5 accuracy otherwise).
+
+    Raises:
+        ValueError: a name is unknown or does not apply to the task.
+    """
+    task = _BINARY if num_classes == 2 else _CATEGORICAL
+    names = tuple(names) or DEFAULT_METRICS[task]
+    for name in names:
+        if name not in METRICS:
+            raise ValueError(f"--metrics: unknown metric {name!r}; choose from "
+                             f"{', '.join(METRICS)}")
+        if METRICS[name][task] is None:
+            fitting = [n for n, makers in METRICS.items() if makers[task] is not None]
+            raise ValueError(f"--metrics: {name!r} does not apply to a "
+                             f"{'binary' if task == _BINARY else f'{num_classes}-class'} "
+                             f"task; choose from {', '.join(fitting)}")
+    return names
+
+
+def metrics(num_classes: int, names: Sequence[str] = ()) -> list:
+    """Fresh metric objects for `metric_names(num_classes, names)`."""
+    task = _BINARY if num_classes == 2 else _CATEGORICAL
+    return [METRICS[name][task]() for name in metric_names(num_classes, names)]
 
 
 def optimizer(name: str, learning_rate: float,

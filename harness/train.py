@@ -20,7 +20,7 @@ from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
 from callbacks.profiler import ProfilerCallback, start_profiler_server
 from callbacks.summary import TensorBoardSummaries, purge_after
-from harness import data, loops, models, report, rundir, task, tracing
+from harness import data, devices, export, loops, models, report, rundir, task, tracing
 from harness.config import Config
 from harness.errors import HarnessError, RunInterrupted, UsageError
 
@@ -49,6 +49,8 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     """
     config.validate()
     run_dir = rundir.plan(config)
+    device_line = devices.configure(config.gpus, config.gpu_memory_growth,
+                                    config.gpu_memory_limit_mb)
     keras.utils.set_random_seed(config.seed)
     splits = data.load(config.dataset, num_words=config.num_words, max_len=config.max_len,
                        seed=config.seed, num_classes=config.classes,
@@ -81,17 +83,20 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
         epochs=config.epochs, steps=steps_per_epoch, model=model)
 
+    print_fn(device_line)
     print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
     try:
         loops.run(config.mode, model, lambda step: stream_at(start_step=step), validation,
-                  callback_list, schedule, metrics=lambda: task.metrics(splits.num_classes),
-                  jit_compile=config.jit_compile)
+                  callback_list, schedule, jit_compile=config.jit_compile,
+                  metrics=lambda: task.metrics(splits.num_classes, config.metrics))
     except (Interrupted, NonFiniteLoss) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
         raise _stopped(stop, run_dir) from None
     history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
     print_fn(report.summary(history, run_dir, config.logdir))
+    if config.export:
+        print_fn(export.how_to_load(export.saved_model(run_dir, model)))
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
 
 
@@ -109,18 +114,22 @@ def _stopped(stop: Exception, run_dir: str) -> HarnessError:
 
 def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     """Builds and compiles the model; rejects a --monitor it does not log."""
-    keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
-    model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
-    model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
-                                           config.clip_norm),
-                  loss=task.loss(num_classes), metrics=task.metrics(num_classes),
-                  jit_compile=config.jit_compile,
-                  steps_per_execution=config.steps_per_execution)
-    monitorable = ["loss"] + [metric.name for metric in task.metrics(num_classes)]
+    try:
+        metric_names = task.metric_names(num_classes, config.metrics)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    monitorable = ["loss", *metric_names]
     monitorable += [f"val_{name}" for name in monitorable]
     if config.monitor not in monitorable:
         raise UsageError(f"--monitor={config.monitor!r} is not a metric of this run: use one "
                          f"of {', '.join(monitorable)}")
+    keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
+    model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
+    model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
+                                           config.clip_norm),
+                  loss=task.loss(num_classes), metrics=task.metrics(num_classes, metric_names),
+                  jit_compile=config.jit_compile,
+                  steps_per_execution=config.steps_per_execution)
     if config.lr_halve_epochs:
         try:
             LearningRateHalving.check(model.optimizer)

@@ -1,0 +1,53 @@
+"""Choosing devices before anything touches them: GPUs, memory growth, memory limit.
+
+The tutorials begin with `tf.config.set_visible_devices` and
+`tf.config.experimental.set_memory_growth`; here they are flags, applied once,
+before the first tensor is created. On a machine without a GPU the defaults are
+accepted and the run says it trains on the CPU; naming a GPU is an error there.
+"""
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from harness.errors import UsageError
+
+
+def configure(gpus: Optional[Sequence[int]], memory_growth: bool,
+              memory_limit_mb: int) -> str:
+    """Applies the GPU flags; returns a line saying which devices the run uses.
+
+    Args:
+        gpus: indices of the GPUs to use; None = all.
+        memory_growth: allocate GPU memory as needed rather than all at once.
+        memory_limit_mb: cap each GPU's memory (a logical device); 0 = no cap.
+
+    Raises:
+        UsageError: a named GPU does not exist, or the devices were already
+            initialised differently in this process.
+    """
+    physical = tf.config.list_physical_devices("GPU")
+    wanted = list(range(len(physical))) if gpus is None else list(gpus)
+    missing = [index for index in wanted if not 0 <= index < len(physical)]
+    if missing:
+        have = (f"GPUs 0-{len(physical) - 1}" if physical else "no GPU")
+        raise UsageError(f"--gpus={','.join(map(str, gpus))}: this machine has {have}; "
+                         "drop --gpus to use all (or the CPU)")
+    if not physical:
+        return "harness: no GPU found: training on the CPU"
+    chosen = [physical[index] for index in wanted]
+    try:
+        tf.config.set_visible_devices(chosen, "GPU")
+        for device in chosen:
+            if memory_limit_mb:
+                tf.config.set_logical_device_configuration(
+                    device, [tf.config.LogicalDeviceConfiguration(memory_limit=memory_limit_mb)])
+            elif memory_growth:
+                tf.config.experimental.set_memory_growth(device, True)
+    except RuntimeError as error:  # devices already initialised in this process
+        raise UsageError(f"GPU settings could not be applied ({error}); set them before "
+                         "TensorFlow first uses a device") from None
+    names = ", ".join(device.name.replace("/physical_device:", "") for device in chosen)
+    limit = f", {memory_limit_mb} MB each" if memory_limit_mb else (
+        ", memory growth on" if memory_growth else "")
+    return f"harness: training on {names}{limit}"
