@@ -142,7 +142,10 @@ class TensorBoardSummaries(StepCallback):
             model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             return loss
 
-        graph = tf.function(train_step).get_concrete_function(*self.probe_batch).graph
+        def on_replicas(x, y):  # the optimizer update needs a replica context
+            return tf.distribute.get_strategy().run(train_step, args=(x, y))
+
+        graph = tf.function(on_replicas).get_concrete_function(*self.probe_batch).graph
         with self.writer(TRAIN).as_default(step=0):
             tf.summary.graph(graph)
 
@@ -156,9 +159,18 @@ class TensorBoardSummaries(StepCallback):
                 tf.summary.histogram(f"{variable.path}/gradient", gradient)
 
     def _probe_gradients(self, x, y):
+        """Gradients of the loss on the probe batch; under a strategy every replica
+        sees the whole batch and the first replica's result is taken."""
+        strategy = tf.distribute.get_strategy()
+        gradients = strategy.run(self._replica_gradients, args=(x, y))
+        return [strategy.experimental_local_results(g)[0] for g in gradients]
+
+    def _replica_gradients(self, x, y):
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=False)
             loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+            # Under a strategy Keras divides the loss by the replicas; undo it.
+            loss *= tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
         return tape.gradient(loss, self.model.trainable_variables)
 
 

@@ -17,7 +17,7 @@ MODES = ("fit", "train_on_batch", "tape")
 BUILTIN_MODELS = ("sequential", "functional", "subclass")
 DATASETS = ("synthetic", "reuters", "imdb")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
-MONITOR_MODES = ("min", "max")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # The shortest --max_len each built-in model takes: its convolutions and
 # poolings shrink the sequence, and a shorter one leaves nothing to convolve
 # (tests/test_loops.py checks these against the models themselves).
@@ -68,12 +68,15 @@ class Config:
     gpu_memory_growth: bool = True
     gpu_memory_limit_mb: int = 0
     export: bool = False
+    strategy: str = "default"
+    cpu_replicas: int = 0
 
     def validate(self) -> "Config":
         """Returns self if every value is allowed; raises UsageError otherwise."""
         _choice("mode", self.mode, MODES)
         _choice("dataset", self.dataset, DATASETS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("strategy", self.strategy, STRATEGIES)
         if self.model not in BUILTIN_MODELS and not _IMPORT_PATH.match(self.model):
             raise UsageError(
                 f"--model={self.model!r} is not allowed: use one of "
@@ -87,7 +90,7 @@ class Config:
         for name in ("learning_rate", "lr_halve_factor"):
             _positive(name, getattr(self, name))
         for name in ("summary_every_steps", "histogram_freq", "checkpoint_every_steps",
-                     "profiler_port", "verbose", "gpu_memory_limit_mb"):
+                     "profiler_port", "verbose", "gpu_memory_limit_mb", "cpu_replicas"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name}={getattr(self, name)} is not allowed: "
                                  "it must be 0 (off) or a positive number")

@@ -63,7 +63,7 @@ def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
     elif mode == "train_on_batch":
         _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
     elif mode == "tape":
-        steps = _TapeSteps(model, metrics, train(0).element_spec, jit_compile)
+        steps = _TapeSteps(model, metrics, jit_compile)
         _manual_loop(model, steps, train, validation, callbacks, schedule)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -92,7 +92,7 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
     Batches go in executions of `schedule.steps_per_execution` steps; the batch
     hooks see an execution's first and last batch index, as under `fit`.
     """
-    iterator = iter(train(schedule.start_step))
+    iterator = iter(steps.distribute(train(schedule.start_step)))
     model.stop_training = False
     callbacks.on_train_begin()
     epoch_logs: Logs = {}
@@ -121,7 +121,7 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
 def _evaluate(steps, validation, callbacks) -> Logs:
     steps.reset()
     callbacks.on_test_begin()
-    for step, (x, y) in enumerate(validation):
+    for step, (x, y) in enumerate(steps.distribute(validation)):
         callbacks.on_test_batch_begin(step)
         logs = steps.test(x, y)
         callbacks.on_test_batch_end(step, logs)
@@ -141,6 +141,10 @@ class _OnBatchSteps:
     def __init__(self, model: keras.Model):
         self.model = model
         self.reset()
+
+    def distribute(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """The dataset as is: Keras places each batch on the strategy's replicas."""
+        return dataset
 
     def reset(self) -> None:
         self._sums: dict = {}
@@ -166,29 +170,40 @@ class _OnBatchSteps:
 
 
 class _TapeSteps:
-    """A `tf.GradientTape` train step compiled with `tf.function`.
+    """A `tf.GradientTape` train step compiled with `tf.function`, on any strategy.
 
     One compiled call pulls `count` batches from the iterator and trains on each
     in a `tf.range` loop, so Python runs once per execution, not once per step
-    (Keras's own train function works the same way). The loss is the model's
-    compiled loss (`model.compute_loss`), so losses, loss weights and
-    regularizers count exactly as in `fit`, scaled for mixed float16 as `fit`
-    scales it; the metrics are the task's own objects, updated here. With
-    `jit_compile` the per-batch step is compiled by XLA.
+    (Keras's own train function works the same way). Each step runs on every
+    replica through `strategy.run` (a plain call on the default strategy). The
+    loss is the model's compiled loss (`model.compute_loss`), so losses, loss
+    weights and regularizers count exactly as in `fit`: Keras divides it by the
+    number of replicas, and the optimizer sums the replicas' gradients, which
+    averages over the global batch. Metrics are the task's own objects, created
+    in the strategy's scope and reduced across replicas when read. With
+    `jit_compile` the per-replica step is compiled by XLA.
     """
 
-    def __init__(self, model: keras.Model, metrics: Callable[[], list], element_spec,
+    def __init__(self, model: keras.Model, metrics: Callable[[], list],
                  jit_compile: bool = False):
         self.model = model
+        self.strategy = tf.distribute.get_strategy()
         self.loss_mean = keras.metrics.Mean(name="loss")
         self.metrics = metrics()
         self._step = tf.function(self._train_step, jit_compile=jit_compile)
         self._steps = tf.function(self._train_steps)
-        self.test = tf.function(self._test_step, input_signature=element_spec,
-                                jit_compile=jit_compile)
+        self._test_step = tf.function(self._test_on_replica, jit_compile=jit_compile)
+        self._test = tf.function(self._test_on_replicas, reduce_retracing=True)
+
+    def distribute(self, dataset: tf.data.Dataset):
+        """The dataset split across the strategy's replicas (per global batch)."""
+        return self.strategy.experimental_distribute_dataset(dataset)
 
     def train(self, iterator, count: int) -> Logs:
         return self._steps(iterator, tf.constant(count))
+
+    def test(self, x, y) -> Logs:
+        return self._test(x, y)
 
     def reset(self) -> None:
         self.loss_mean.reset_state()
@@ -197,7 +212,7 @@ class _TapeSteps:
 
     def _train_steps(self, iterator, count) -> Logs:
         for _ in tf.range(count):
-            self._step(*next(iterator))
+            self.strategy.run(self._step, args=next(iterator))
         return self._logs()
 
     def _train_step(self, x, y) -> None:
@@ -210,13 +225,18 @@ class _TapeSteps:
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         self._update(y, y_pred, loss)
 
-    def _test_step(self, x, y) -> Logs:
+    def _test_on_replicas(self, x, y) -> Logs:
+        self.strategy.run(self._test_step, args=(x, y))
+        return self._logs()
+
+    def _test_on_replica(self, x, y) -> None:
         y_pred = self.model(x, training=False)
         loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
         self._update(y, y_pred, loss)
-        return self._logs()
 
     def _update(self, y, y_pred, loss) -> None:
+        # Undo Keras's division by the number of replicas: this is a mean per example.
+        loss = loss * tf.cast(self.strategy.num_replicas_in_sync, loss.dtype)
         self.loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
         for metric in self.metrics:
             metric.update_state(y, y_pred)

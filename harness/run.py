@@ -77,6 +77,12 @@ flags.DEFINE_integer("gpu_memory_limit_mb", _D.gpu_memory_limit_mb,
                      "Cap each GPU's memory in MB (0 = no cap)")
 flags.DEFINE_bool("export", _D.export,
                   "Export the best (or final) model as a SavedModel under the run directory")
+flags.DEFINE_string("strategy", _D.strategy,
+                    "tf.distribute strategy: " + " | ".join(config_lib.STRATEGIES)
+                    + " (multi_worker reads the cluster from TF_CONFIG)")
+flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas,
+                     "With --strategy=mirrored and no GPU: split the CPU into N logical "
+                     "devices (to try data parallelism on a CPU-only machine)")
 flags.DEFINE_string("monitor", _D.monitor, "Metric that picks the best model (best.keras)")
 
 FLAGS = flags.FLAGS

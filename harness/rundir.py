@@ -30,6 +30,12 @@ def default_run_name(config: Config, now: datetime.datetime) -> str:
     return f"{model}-{config.mode}-{now:%Y%m%d-%H%M%S}"
 
 
+def path(config: Config) -> str:
+    """`<logdir>/<run_name>` (a new name from the time when --run_name is unset)."""
+    run_name = config.run_name or default_run_name(config, datetime.datetime.now())
+    return os.path.join(config.logdir, run_name)
+
+
 def plan(config: Config) -> str:
     """Checks what `config` asks of the run directory, without writing anything.
 

@@ -9,6 +9,8 @@ is touched.
 import dataclasses
 import functools
 import os
+import shutil
+import tempfile
 from typing import Callable, Optional
 
 import keras
@@ -20,7 +22,7 @@ from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
 from callbacks.profiler import ProfilerCallback, start_profiler_server
 from callbacks.summary import TensorBoardSummaries, purge_after
-from harness import data, devices, export, loops, models, report, rundir, task, tracing
+from harness import data, devices, distribute, export, loops, models, report, rundir, task, tracing
 from harness.config import Config
 from harness.errors import HarnessError, RunInterrupted, UsageError
 
@@ -48,9 +50,24 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
             was written from that step on.
     """
     config.validate()
-    run_dir = rundir.plan(config)
     device_line = devices.configure(config.gpus, config.gpu_memory_growth,
                                     config.gpu_memory_limit_mb)
+    strategy = distribute.make_strategy(config.strategy, config.mode, config.cpu_replicas)
+    chief = distribute.is_chief(strategy)
+    run_dir = rundir.plan(config) if chief else tempfile.mkdtemp(prefix="harness-worker-")
+    try:
+        with strategy.scope():
+            result = _train(config, run_dir, print_fn if chief else _quiet,
+                            [device_line, distribute.describe(strategy)])
+    finally:
+        if not chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
+def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
+           startup_lines: list) -> Result:
+    """Everything of `train` that runs inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
     splits = data.load(config.dataset, num_words=config.num_words, max_len=config.max_len,
                        seed=config.seed, num_classes=config.classes,
@@ -62,7 +79,9 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     rundir.create(config, run_dir)
     manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
                            config.keep_checkpoints)
-    global_step = _restore(manager, print_fn) if config.resume else 0
+    global_step = 0
+    if config.resume:
+        global_step = _restore(model, rundir.path(config), config.keep_checkpoints, print_fn)
     schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch,
                                       config.steps_per_execution)
     if schedule.initial_epoch >= config.epochs:
@@ -83,7 +102,8 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
         epochs=config.epochs, steps=steps_per_epoch, model=model)
 
-    print_fn(device_line)
+    for line in filter(None, startup_lines):
+        print_fn(line)
     print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
     try:
@@ -98,6 +118,10 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     if config.export:
         print_fn(export.how_to_load(export.saved_model(run_dir, model)))
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
+
+
+def _quiet(line: str) -> None:
+    """Output of a worker that is not the chief: nothing."""
 
 
 def _stopped(stop: Exception, run_dir: str) -> HarnessError:
@@ -170,12 +194,16 @@ def _callbacks(config: Config, run_dir: str, splits: data.Splits,
     return callbacks
 
 
-def _restore(manager, print_fn: Callable[[str], None]) -> int:
+def _restore(model: keras.Model, run_dir: str, keep: int,
+             print_fn: Callable[[str], None]) -> int:
+    """Restores the newest readable checkpoint of `run_dir` (the chief's run
+    directory, which other workers read but never write)."""
+    manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR), keep)
     path = restore_latest(manager, warn=print_fn)
     if path is None:
         raise UsageError(f"--resume: no usable checkpoint in {manager.directory}; "
                          "start the run again without --resume (or with --overwrite)")
-    step = int(manager.checkpoint.optimizer.iterations.numpy())
+    step = int(model.optimizer.iterations.numpy())
     print_fn(f"harness: resumed from {path} at global step {step}")
     return step
 
