@@ -14,7 +14,7 @@ from callbacks.profile_windows import parse_profile_steps, validate_windows
 from harness.errors import UsageError
 
 MODES = ("fit", "train_on_batch", "tape")
-BUILTIN_MODELS = ("sequential", "functional", "subclass")
+BUILTIN_MODELS = ("sequential", "functional", "subclass", "multi_io")
 DATASETS = ("synthetic", "reuters", "imdb")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -68,6 +68,7 @@ class Config:
     gpu_memory_growth: bool = True
     gpu_memory_limit_mb: int = 0
     export: bool = False
+    loss_weights: tuple = ()  # (("priority", 1.0), ("department", 0.2)) for multi_io
     strategy: str = "default"
     cpu_replicas: int = 0
 
@@ -127,6 +128,12 @@ class Config:
             raise UsageError(f"--steps_per_execution={self.steps_per_execution} does not apply "
                              "to --mode=train_on_batch, which trains one batch per call: use "
                              "--mode=fit or --mode=tape, or drop the flag")
+        if self.model == "multi_io" and self.dataset != "synthetic":
+            raise UsageError(f"--model=multi_io trains on its own synthetic tickets; "
+                             f"--dataset={self.dataset} has one input: drop --dataset")
+        if self.loss_weights and self.model != "multi_io":
+            raise UsageError("--loss_weights applies to a multi-output model "
+                             "(--model=multi_io) only")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: "
                              "give one of them")
@@ -146,6 +153,8 @@ class Config:
         """The number of classes the dataset has."""
         if self.num_classes is not None:
             return self.num_classes
+        if self.model == "multi_io":
+            return 4  # departments
         return 2 if self.dataset == "imdb" else 46
 
 
@@ -167,6 +176,23 @@ def check_logdir(logdir: str) -> None:
 def parse_name_list(text: str) -> tuple:
     """Parses 'accuracy,auc' into ('accuracy', 'auc'); '' gives ()."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_loss_weights(text: str) -> tuple:
+    """Parses 'priority=1.0,department=0.2' into (('priority', 1.0), ...)."""
+    weights = []
+    for part in parse_name_list(text):
+        name, _, value = part.partition("=")
+        try:
+            weights.append((name.strip(), float(value)))
+        except ValueError:
+            raise UsageError(f"--loss_weights={text!r} is not allowed: give output=weight "
+                             "pairs, e.g. priority=1.0,department=0.2") from None
+    for name, value in weights:
+        if name not in ("priority", "department") or value < 0:
+            raise UsageError(f"--loss_weights: {name}={value} is not allowed: the outputs "
+                             "are priority and department, weights are >= 0")
+    return tuple(weights)
 
 
 def parse_int_list(flag: str, text: str) -> tuple:

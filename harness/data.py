@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import keras
 import numpy as np
@@ -41,11 +41,30 @@ _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
 class Splits:
     """Padded train/validation arrays and the number of classes."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
+    x_train: Any  # an array, or a dict of arrays for a multi-input model
+    y_train: Any
+    x_val: Any
+    y_val: Any
     num_classes: int
+
+    @property
+    def train_size(self) -> int:
+        """Training examples."""
+        return num_examples(self.x_train)
+
+    @property
+    def val_size(self) -> int:
+        """Validation examples."""
+        return num_examples(self.x_val)
+
+    def probe(self, size: int) -> tuple:
+        """The first `size` training examples, as one fixed (x, y) batch."""
+        return tf.nest.map_structure(lambda a: a[:size], (self.x_train, self.y_train))
+
+
+def num_examples(x) -> int:
+    """The examples in an array or a dict of arrays."""
+    return len(tf.nest.flatten(x)[0])
 
 
 def load(dataset: str, *, num_words: int, max_len: int, seed: int,
@@ -99,12 +118,13 @@ def train_stream(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
     derived from (`seed`, pass number) and ends with its partial batch, so the
     batch at a given global step is the same in every loop and after a resume.
     """
-    batches_per_pass = math.ceil(len(x) / batch_size)
+    size = num_examples(x)
+    batches_per_pass = math.ceil(size / batch_size)
     first_pass, offset = divmod(start_step, batches_per_pass)
     examples = tf.data.Dataset.from_tensor_slices((x, y)).cache()
 
     def one_pass(pass_number):
-        return examples.shuffle(len(x), seed=seed * 1_000_003 + pass_number,
+        return examples.shuffle(size, seed=seed * 1_000_003 + pass_number,
                                 reshuffle_each_iteration=False).batch(batch_size)
 
     stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)

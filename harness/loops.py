@@ -43,7 +43,7 @@ class Schedule:
 
 def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
         validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
-        schedule: Schedule, *, metrics: Callable[[], list], jit_compile: bool = False) -> None:
+        schedule: Schedule, *, jit_compile: bool = False) -> None:
     """Trains `model` with the loop named by `mode`.
 
     Args:
@@ -53,8 +53,6 @@ def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
         validation: finite (x, y) batches, evaluated in full after every epoch.
         callbacks: the run's callbacks, with a History and (optionally) a progress bar.
         schedule: epochs and steps.
-        metrics: a factory of fresh metric objects, as the model was compiled with
-            (the tape loop updates its own).
         jit_compile: compile the tape loop's step with XLA (`fit` and
             `train_on_batch` take it from `model.compile`).
     """
@@ -63,7 +61,7 @@ def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
     elif mode == "train_on_batch":
         _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
     elif mode == "tape":
-        steps = _TapeSteps(model, metrics, jit_compile)
+        steps = _TapeSteps(model, jit_compile)
         _manual_loop(model, steps, train, validation, callbacks, schedule)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -153,10 +151,10 @@ class _OnBatchSteps:
     def train(self, iterator, count: int) -> Logs:
         del count  # always 1: train_on_batch trains one batch per call
         x, y = next(iterator)
-        return self._add(len(y), self.model.train_on_batch(x, y, return_dict=True))
+        return self._add(int(_batch_size(x)), self.model.train_on_batch(x, y, return_dict=True))
 
     def test(self, x, y) -> Logs:
-        return self._add(len(y), self.model.test_on_batch(x, y, return_dict=True))
+        return self._add(int(_batch_size(x)), self.model.test_on_batch(x, y, return_dict=True))
 
     def _add(self, size: int, logs: Logs) -> Logs:
         """Adds one batch's values; returns the running averages, as `fit` logs them."""
@@ -179,17 +177,17 @@ class _TapeSteps:
     loss is the model's compiled loss (`model.compute_loss`), so losses, loss
     weights and regularizers count exactly as in `fit`: Keras divides it by the
     number of replicas, and the optimizer sums the replicas' gradients, which
-    averages over the global batch. Metrics are the task's own objects, created
-    in the strategy's scope and reduced across replicas when read. With
-    `jit_compile` the per-replica step is compiled by XLA.
+    averages over the global batch. The metrics are the model's compiled ones
+    (`model.compute_metrics`; per-output losses are tracked by `compute_loss`),
+    so the logs have exactly `fit`'s keys, multi-output models included; they
+    live in the strategy's scope and are reduced across replicas when read.
+    With `jit_compile` the per-replica step is compiled by XLA.
     """
 
-    def __init__(self, model: keras.Model, metrics: Callable[[], list],
-                 jit_compile: bool = False):
+    def __init__(self, model: keras.Model, jit_compile: bool = False):
         self.model = model
         self.strategy = tf.distribute.get_strategy()
         self.loss_mean = keras.metrics.Mean(name="loss")
-        self.metrics = metrics()
         self._step = tf.function(self._train_step, jit_compile=jit_compile)
         self._steps = tf.function(self._train_steps)
         self._test_step = tf.function(self._test_on_replica, jit_compile=jit_compile)
@@ -207,8 +205,7 @@ class _TapeSteps:
 
     def reset(self) -> None:
         self.loss_mean.reset_state()
-        for metric in self.metrics:
-            metric.reset_state()
+        self.model.reset_metrics()
 
     def _train_steps(self, iterator, count) -> Logs:
         for _ in tf.range(count):
@@ -223,7 +220,7 @@ class _TapeSteps:
             scaled_loss = model.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        self._update(y, y_pred, loss)
+        self._update(x, y, y_pred, loss)
 
     def _test_on_replicas(self, x, y) -> Logs:
         self.strategy.run(self._test_step, args=(x, y))
@@ -232,19 +229,23 @@ class _TapeSteps:
     def _test_on_replica(self, x, y) -> None:
         y_pred = self.model(x, training=False)
         loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-        self._update(y, y_pred, loss)
+        self._update(x, y, y_pred, loss)
 
-    def _update(self, y, y_pred, loss) -> None:
+    def _update(self, x, y, y_pred, loss) -> None:
         # Undo Keras's division by the number of replicas: this is a mean per example.
         loss = loss * tf.cast(self.strategy.num_replicas_in_sync, loss.dtype)
-        self.loss_mean.update_state(loss, sample_weight=tf.shape(y)[0])
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
+        self.loss_mean.update_state(loss, sample_weight=_batch_size(x))
+        self.model.compute_metrics(x, y, y_pred)
 
     def _logs(self) -> Logs:
-        return {m.name: m.result() for m in (self.loss_mean, *self.metrics)}
+        return {**self.model.get_metrics_result(), "loss": self.loss_mean.result()}
 
     def result(self) -> Logs:
-        return {m.name: float(m.result()) for m in (self.loss_mean, *self.metrics)}
+        return {name: float(value) for name, value in self._logs().items()}
+
+
+def _batch_size(x):
+    """The number of examples in a batch of single or multiple inputs."""
+    return tf.shape(tf.nest.flatten(x)[0])[0]
 
 

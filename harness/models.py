@@ -124,8 +124,15 @@ def subclass(input_shape: tuple, num_classes: int, num_words: int) -> keras.Mode
     return model
 
 
+def multi_io(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
+    """The tickets model of Keras's functional-API guide (see harness.multi_io)."""
+    from harness import multi_io as tickets  # the task module builds on this one's users
+    return tickets.build(input_shape[0], num_classes, num_words)
+
+
 BUILTIN: dict[str, Callable[..., keras.Model]] = {
-    "sequential": sequential, "functional": functional, "subclass": subclass}
+    "sequential": sequential, "functional": functional, "subclass": subclass,
+    "multi_io": multi_io}
 
 
 def build(name: str, input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:

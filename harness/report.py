@@ -9,7 +9,7 @@ def startup(config, run_dir: str, splits, steps_per_epoch: int, schedule) -> str
     task = "binary" if splits.num_classes == 2 else f"{splits.num_classes}-class"
     lines = [
         f"harness: mode={config.mode} model={config.model} dataset={config.dataset} "
-        f"({len(splits.x_train)} train / {len(splits.x_val)} validation, {task})",
+        f"({splits.train_size} train / {splits.val_size} validation, {task})",
         f"harness: {config.epochs} epochs x {steps_per_epoch} steps of batch "
         f"{config.batch_size}, optimizer={config.optimizer} lr={config.learning_rate:g}",
         f"harness: run directory {run_dir}",

@@ -70,6 +70,9 @@ flags.DEFINE_string("metrics", "",
                     "Comma-separated metrics (default per task: accuracy,top5_accuracy or "
                     "accuracy,auc); choices: accuracy, top5_accuracy, top3_accuracy, "
                     "crossentropy, auc, precision, recall")
+flags.DEFINE_string("loss_weights", "",
+                    "--model=multi_io: weight of each output's loss, e.g. "
+                    "priority=1.0,department=0.2 (the default)")
 flags.DEFINE_string("gpus", "", "GPU indices to use, e.g. 0 or 0,1 (default: all)")
 flags.DEFINE_bool("gpu_memory_growth", _D.gpu_memory_growth,
                   "Allocate GPU memory as needed instead of all at once")
@@ -96,6 +99,7 @@ def _config() -> config_lib.Config:
         values[name] = config_lib.parse_int_list(name, values[name])
     values["profile_steps"] = config_lib.parse_windows(values["profile_steps"])
     values["metrics"] = config_lib.parse_name_list(values["metrics"])
+    values["loss_weights"] = config_lib.parse_loss_weights(values["loss_weights"])
     values["gpus"] = config_lib.parse_int_list("gpus", values["gpus"]) or None
     return config_lib.Config(**values).validate()
 

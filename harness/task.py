@@ -43,6 +43,11 @@ METRICS = {
 DEFAULT_METRICS = {_BINARY: ("accuracy", "auc"), _CATEGORICAL: ("accuracy", "top5_accuracy")}
 
 
+def applies(name: str, num_classes: int) -> bool:
+    """Whether metric `name` applies to a task with `num_classes` classes."""
+    return METRICS[name][_BINARY if num_classes == 2 else _CATEGORICAL] is not None
+
+
 def metric_names(num_classes: int, names: Sequence[str] = ()) -> tuple:
     """The metrics of a run: `names`, or the task's defaults (accuracy and AUC for
     the binary task, accuracy and top-5 accuracy otherwise).
@@ -68,6 +73,13 @@ def metrics(num_classes: int, names: Sequence[str] = ()) -> list:
     """Fresh metric objects for `metric_names(num_classes, names)`."""
     task = _BINARY if num_classes == 2 else _CATEGORICAL
     return [METRICS[name][task]() for name in metric_names(num_classes, names)]
+
+
+def compile_args(num_classes: int, names: Sequence[str] = ()) -> tuple[dict, list]:
+    """`model.compile` loss and metrics for a one-output task, and the log keys
+    they produce. Raises ValueError as `metric_names` does."""
+    names = metric_names(num_classes, names)
+    return {"loss": loss(num_classes), "metrics": metrics(num_classes, names)}, ["loss", *names]
 
 
 def optimizer(name: str, learning_rate: float,

@@ -22,7 +22,8 @@ from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
 from callbacks.profiler import ProfilerCallback, start_profiler_server
 from callbacks.summary import TensorBoardSummaries, purge_after
-from harness import data, devices, distribute, export, loops, models, report, rundir, task, tracing
+from harness import (data, devices, distribute, export, loops, models, multi_io, report,
+                     rundir, task, tracing)
 from harness.config import Config
 from harness.errors import HarnessError, RunInterrupted, UsageError
 
@@ -69,11 +70,9 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
            startup_lines: list) -> Result:
     """Everything of `train` that runs inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
-    splits = data.load(config.dataset, num_words=config.num_words, max_len=config.max_len,
-                       seed=config.seed, num_classes=config.classes,
-                       num_examples=config.num_examples, data_dir=config.data_dir)
+    splits = _load_data(config)
     model = _compiled_model(config, splits.num_classes)
-    steps_per_epoch = data.steps_for(len(splits.x_train), config.batch_size,
+    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size,
                                      config.steps_per_epoch)
 
     rundir.create(config, run_dir)
@@ -108,8 +107,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     traces = tracing.count_traces(model)
     try:
         loops.run(config.mode, model, lambda step: stream_at(start_step=step), validation,
-                  callback_list, schedule, jit_compile=config.jit_compile,
-                  metrics=lambda: task.metrics(splits.num_classes, config.metrics))
+                  callback_list, schedule, jit_compile=config.jit_compile)
     except (Interrupted, NonFiniteLoss) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
         raise _stopped(stop, run_dir) from None
@@ -136,14 +134,28 @@ def _stopped(stop: Exception, run_dir: str) -> HarnessError:
         "again or --resume from the last good checkpoint")
 
 
+def _load_data(config: Config) -> data.Splits:
+    """The run's data: the multi-output tickets, or a single-input dataset."""
+    if config.model == "multi_io":
+        return multi_io.synthetic(num_examples=config.num_examples, num_words=config.num_words,
+                                  max_len=config.max_len, num_departments=config.classes,
+                                  seed=config.seed)
+    return data.load(config.dataset, num_words=config.num_words, max_len=config.max_len,
+                     seed=config.seed, num_classes=config.classes,
+                     num_examples=config.num_examples, data_dir=config.data_dir)
+
+
 def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     """Builds and compiles the model; rejects a --monitor it does not log."""
     try:
-        metric_names = task.metric_names(num_classes, config.metrics)
+        if config.model == "multi_io":
+            compile_args, log_keys = multi_io.compile_args(
+                num_classes, config.metrics, dict(config.loss_weights))
+        else:
+            compile_args, log_keys = task.compile_args(num_classes, config.metrics)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    monitorable = ["loss", *metric_names]
-    monitorable += [f"val_{name}" for name in monitorable]
+    monitorable = [*log_keys, *(f"val_{name}" for name in log_keys)]
     if config.monitor not in monitorable:
         raise UsageError(f"--monitor={config.monitor!r} is not a metric of this run: use one "
                          f"of {', '.join(monitorable)}")
@@ -151,8 +163,7 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
     model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
                                            config.clip_norm),
-                  loss=task.loss(num_classes), metrics=task.metrics(num_classes, metric_names),
-                  jit_compile=config.jit_compile,
+                  **compile_args, jit_compile=config.jit_compile,
                   steps_per_execution=config.steps_per_execution)
     if config.lr_halve_epochs:
         try:
@@ -180,8 +191,7 @@ def _callbacks(config: Config, run_dir: str, splits: data.Splits,
                  f"use Capture profile with localhost:{config.profiler_port}")
     callbacks += [
         TensorBoardSummaries(
-            run_dir, probe_batch=(splits.x_train[:config.batch_size],
-                                  splits.y_train[:config.batch_size]),
+            run_dir, probe_batch=splits.probe(config.batch_size),
             batch_size=config.batch_size, every_steps=config.summary_every_steps,
             histogram_freq=config.histogram_freq, hparams=_hparams(config),
             flags=dataclasses.asdict(config)),
