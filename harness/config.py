@@ -22,6 +22,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # poolings shrink the sequence, and a shorter one leaves nothing to convolve
 # (tests/test_loops.py checks these against the models themselves).
 MIN_MAX_LEN = {"sequential": 12, "functional": 55, "subclass": 4}
+DATA_FILES = {"reuters": "reuters.npz", "imdb": "imdb.npz"}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 
@@ -141,6 +142,8 @@ class Config:
             raise UsageError("--resume needs --run_name naming the run to continue "
                              f"(a folder under --logdir={self.logdir})")
         check_logdir(self.logdir)
+        if self.dataset in DATA_FILES and self.model != "multi_io":
+            check_data_dir(self.dataset, self.data_dir)
         return self
 
     @property
@@ -156,6 +159,25 @@ class Config:
         if self.model == "multi_io":
             return 4  # departments
         return 2 if self.dataset == "imdb" else 46
+
+
+def data_file_hint(dataset: str) -> str:
+    """How to get the data file of `dataset` onto an offline machine."""
+    file_name = DATA_FILES[dataset]
+    return (f"download {file_name} once (keras.datasets.{dataset}.load_data() on a machine "
+            f"with internet) and pass --data_dir=<folder holding {file_name}>")
+
+
+def check_data_dir(dataset: str, data_dir: Optional[str]) -> None:
+    """Raises UsageError if --data_dir is given but does not hold the dataset's file."""
+    if data_dir is None:
+        return
+    file_name = DATA_FILES[dataset]
+    if not os.path.isdir(data_dir):
+        raise UsageError(f"--data_dir={data_dir!r} is not a folder: {data_file_hint(dataset)}")
+    if not os.path.isfile(os.path.join(data_dir, file_name)):
+        raise UsageError(f"--data_dir={data_dir!r} holds no {file_name}: "
+                         f"{data_file_hint(dataset)}")
 
 
 def check_logdir(logdir: str) -> None:

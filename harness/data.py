@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from harness.config import DATA_FILES, check_data_dir, data_file_hint
 from harness.errors import HarnessError, UsageError
 
 # Validation split of the synthetic data, like Reuters's 8982/2246.
@@ -33,7 +34,6 @@ SYNTHETIC_VALIDATION_FRACTION = 0.2
 _START, _OOV, _FIRST_WORD = 1, 2, 3
 _KEYWORDS_PER_CLASS = 4
 _KEYWORD_SHARE = 0.2
-_FILES = {"reuters": "reuters.npz", "imdb": "imdb.npz"}
 _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
 
 
@@ -147,21 +147,17 @@ def _pad(sequences, max_len: int) -> np.ndarray:
 
 
 def _load_keras_dataset(dataset: str, data_dir: Optional[str], *, num_words: int, seed: int):
-    file_name = _FILES[dataset]
+    file_name = DATA_FILES[dataset]
     loader = _LOADERS[dataset]
-    hint = (f"download {file_name} once (keras.datasets.{dataset}.load_data() on a machine "
-            f"with internet) and pass --data_dir=<folder holding {file_name}>")
+    hint = data_file_hint(dataset)
     if data_dir is None:
         try:
             return loader.load_data(path=file_name, num_words=num_words, seed=seed)
         except Exception as error:  # network errors come in many types
             raise UsageError(f"--dataset={dataset}: could not load or download {file_name} "
                              f"({type(error).__name__}); {hint}") from None
+    check_data_dir(dataset, data_dir)
     source = os.path.join(data_dir, file_name)
-    if not os.path.isdir(data_dir):
-        raise UsageError(f"--data_dir={data_dir!r} is not a folder: {hint}")
-    if not os.path.isfile(source):
-        raise UsageError(f"--data_dir={data_dir!r} holds no {file_name}: {hint}")
     with _private_keras_home(source) as home:
         try:
             return loader.load_data(path=file_name, num_words=num_words, seed=seed)

@@ -5,12 +5,16 @@ module that reads FLAGS. A `HarnessError` becomes one line on stderr and its
 exit status (2 for usage errors), never a traceback.
 """
 
+import contextlib
+import dataclasses
+import datetime
 import os
 import sys
 
 from absl import app, flags, logging
 
 from harness import config as config_lib
+from harness import rundir
 from harness.errors import HarnessError, RunInterrupted, UsageError
 
 _D = config_lib.Config()
@@ -109,11 +113,38 @@ def main(argv) -> int:
         raise UsageError(f"unexpected arguments {' '.join(argv[1:])!r}: "
                          "all options are --flags (see --helpfull)")
     config = _config()
+    if not config.run_name:
+        config = dataclasses.replace(
+            config, run_name=rundir.default_run_name(config, datetime.datetime.now()))
+    rundir.plan(config)  # the run directory's checks too, before TensorFlow loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info/warnings
     logging.set_verbosity(logging.WARNING)
-    from harness.train import train  # imported here so bad flags fail before TF loads
+    with _stderr_silenced():  # TF's C++ start-up lines, printed before its logging is set
+        from harness.train import train
     train(config)
     return 0
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Sends file descriptor 2 to /dev/null for the block (C++ writes included)."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _parse_flags(argv: list) -> list:
+    """absl's parser, with a bad flag as one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"harness: error: {error} (see --helpfull)", file=sys.stderr)
+        sys.exit(2)
 
 
 def resume_command(argv: list, run_name: str) -> str:
@@ -139,4 +170,4 @@ def _main_or_exit(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(_main_or_exit)
+    app.run(_main_or_exit, flags_parser=_parse_flags)
