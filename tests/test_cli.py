@@ -106,17 +106,13 @@ def test_unwritable_logdir(tmp_path, workdir):
     assert list(workdir.iterdir()) == []
 
 
-# absl's own parser rejects these before run.py sees them: it prints two lines
-# ("FATAL Flags parsing error: ..." and a hint) and exits with status 1.
-@pytest.mark.xfail(reason="absl's flag parser exits 1 with two lines for unparseable values "
-                          "and unknown flags; run.py needs its own flags_parser for the "
-                          "one-line, exit-2 contract", strict=False)
+# absl's own parser rejects these; run.py's flags_parser makes them one line, exit 2.
 @pytest.mark.parametrize("args", [["--epochs=abc"], ["--learning_rate=fast"],
                                   ["--no_such_flag=1"]])
 def test_unparseable_flag_is_one_line_exit_2(args, workdir):
     process = run_cli(*args, cwd=workdir)
     assert list(workdir.iterdir()) == []
-    assert_usage_error(process, args[0].split("=")[0])
+    assert_usage_error(process, args[0].split("=")[0].lstrip("-"))
 
 
 def test_helpfull_lists_every_flag(workdir):
