@@ -33,7 +33,7 @@ def restore_latest(manager: tf.train.CheckpointManager,
         try:
             manager.checkpoint.restore(path).assert_existing_objects_matched()
             return path
-        except (tf.errors.OpError, AssertionError, ValueError) as error:
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
             warn(f"warning: checkpoint {path} is unreadable ({type(error).__name__}); "
                  "trying the one before it")
     return None

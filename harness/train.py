@@ -11,7 +11,7 @@ import functools
 import os
 import shutil
 import tempfile
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import keras
 
@@ -41,8 +41,14 @@ class Result:
     trace_counts: dict  # traces of the train and test steps: see tracing.py
 
 
-def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
+def train(config: Config, print_fn: Callable[[str], None] = print,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> Result:
     """Trains the model `config` describes and returns where it went and how it did.
+
+    Args:
+        config: the run's options.
+        print_fn: where console lines go.
+        callbacks: more Keras callbacks, driven like the harness's own in every loop.
 
     Raises:
         UsageError: a bad value or combination; nothing has been written then.
@@ -59,7 +65,7 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
     try:
         with strategy.scope():
             result = _train(config, run_dir, print_fn if chief else _quiet,
-                            [device_line, distribute.describe(strategy)])
+                            [device_line, distribute.describe(strategy)], list(callbacks))
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -67,7 +73,7 @@ def train(config: Config, print_fn: Callable[[str], None] = print) -> Result:
 
 
 def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
-           startup_lines: list) -> Result:
+           startup_lines: list, user_callbacks: list) -> Result:
     """Everything of `train` that runs inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
     splits = _load_data(config)
@@ -97,7 +103,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
                                   batch_size=config.batch_size, seed=config.seed)
     checkpointing = Checkpointing(manager, config.checkpoint_every_steps)
     callback_list = keras.callbacks.CallbackList(
-        _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn),
+        _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn) + user_callbacks,
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
         epochs=config.epochs, steps=steps_per_epoch, model=model)
 
