@@ -11,10 +11,10 @@ import dataclasses
 from typing import Callable, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-MODES = ("fit", "train_on_batch", "tape")
+from harness.config import MODES
+
 Logs = dict
 
 
