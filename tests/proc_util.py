@@ -1,0 +1,229 @@
+"""Test helpers for real `python -m harness.run` processes and what they leave on disk.
+
+Used by test_reliability.py, which kills, signals and corrupts real runs:
+
+- `Harness`: one subprocess of the entrypoint, its stdout/stderr captured in
+  files (a pipe nobody reads could block it), started in its own session so a
+  signal reaches only it; `wait_for` polls the disk while it runs.
+- `snapshot`: every file under a folder with its size and mtime, to prove a
+  refused command changed nothing.
+- `checkpoint_steps` / `checkpoint_is_finite`: what a run's checkpoints hold.
+- `event_steps`: every (tag, step) written to the event files of a folder,
+  read with TensorBoard's `EventAccumulator` *without* its purge of orphaned
+  data, so a step written twice is seen twice.
+"""
+
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+_CHECKPOINT = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+def harness_env() -> dict:
+    """The environment of a subprocess: this checkout importable, TF's C++ logs quiet."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+class Harness:
+    """`python -m harness.run ARGS` running in the background.
+
+    Args:
+        args: the flags.
+        cwd: the working directory.
+        name: names the files stdout and stderr go to (in `cwd`).
+        prefix: a command run in front of the interpreter (e.g. `unshare ...`).
+    """
+
+    def __init__(self, args: list, cwd: Path, name: str = "harness",
+                 prefix: tuple = ()) -> None:
+        self.args = list(args)
+        self.cwd = Path(cwd)
+        self._out = self.cwd / f"{name}.stdout"
+        self._err = self.cwd / f"{name}.stderr"
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self.process = subprocess.Popen(
+                [*prefix, sys.executable, "-m", "harness.run", *self.args], cwd=self.cwd,
+                env=harness_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True)
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, signal_number: int) -> None:
+        """Sends a signal to the process (only to it, by its id)."""
+        self.process.send_signal(signal_number)
+
+    def wait(self, timeout: float = 120) -> int:
+        """Waits for the exit status; kills the process if it takes longer."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"harness {' '.join(self.args)} still ran after {timeout} s;"
+                                 f" stderr: {self.stderr[-2000:]}") from None
+
+    def kill(self) -> None:
+        """SIGKILL, if it still runs (cleanup)."""
+        if self.running():
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+    def wait_for(self, condition: Callable[[], object], timeout: float = 120,
+                 interval: float = 0.003):
+        """Polls `condition()` until it is truthy while the process runs; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            if not self.running():
+                raise AssertionError(f"harness exited with {self.process.returncode} before "
+                                     f"the awaited state; stderr: {self.stderr[-3000:]}")
+            time.sleep(interval)
+        raise AssertionError(f"waited {timeout} s in vain; stderr: {self.stderr[-2000:]}")
+
+
+def run(args: list, cwd: Path, timeout: float = 120, prefix: tuple = ()
+        ) -> subprocess.CompletedProcess:
+    """Runs `python -m harness.run ARGS` to the end and captures its output."""
+    return subprocess.run([*prefix, sys.executable, "-m", "harness.run", *args], cwd=cwd,
+                          env=harness_env(), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: (size, mtime in ns)} of every file and folder under `folder`."""
+    folder = Path(folder)
+    if not folder.exists():
+        return {}
+    return {str(path.relative_to(folder)) + ("/" if path.is_dir() else ""):
+            (path.stat().st_size if path.is_file() else 0, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*"))}
+
+
+def checkpoint_steps(checkpoint_dir: Path) -> list:
+    """The global steps of the checkpoints in `checkpoint_dir` (by their index files)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    steps = []
+    for name in os.listdir(checkpoint_dir):
+        match = _CHECKPOINT.match(name)
+        if match:
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def listed_steps(checkpoint_dir: Path) -> list:
+    """The steps the `checkpoint` state file lists (read without TensorFlow, for polling)."""
+    try:
+        text = (Path(checkpoint_dir) / "checkpoint").read_text()
+    except OSError:
+        return []
+    return sorted(int(n) for n in re.findall(r'all_model_checkpoint_paths: "[^"]*ckpt-(\d+)"',
+                                             text))
+
+
+def listed_checkpoints(checkpoint_dir: Path) -> list:
+    """The checkpoint paths the `checkpoint` state file lists (what a resume tries)."""
+    import tensorflow as tf
+    state = tf.train.get_checkpoint_state(str(checkpoint_dir))
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+def nonfinite_variables(checkpoint_prefix: str) -> list:
+    """Names of the floating-point variables of a checkpoint holding NaN or Inf."""
+    import numpy as np
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(checkpoint_prefix))
+    return sorted(name for name, dtype in reader.get_variable_to_dtype_map().items()
+                  if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))))
+
+
+def event_steps(directory: Path, tag: str) -> list:
+    """[step, ...] of every `tag` tensor summary in `directory`'s event files, in the
+    order written, duplicates kept (TensorBoard's orphan purge is off)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0},
+                                   purge_orphaned_data=False)
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["tensors"]:
+        return []
+    return [event.step for event in accumulator.Tensors(tag)]
+
+
+class EventTail:
+    """The steps of one summary tag in a folder's event files, read as they grow.
+
+    Reads only complete TFRecords (a record being written is left for the next
+    call) without TensorFlow, so it is cheap enough to poll a running process.
+    """
+
+    def __init__(self, directory: Path, tag: str) -> None:
+        self.directory = Path(directory)
+        self.tag = tag
+        self._offsets: dict = {}
+        self.steps: list = []
+
+    def poll(self) -> list:
+        """Reads what was appended since the last call; returns all steps so far."""
+        from tensorboard.compat.proto import event_pb2
+        for path in sorted(self.directory.glob("events.out.tfevents.*")):
+            offset = self._offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            position = 0
+            while position + 12 <= len(data):
+                (length,) = struct.unpack("<Q", data[position:position + 8])
+                end = position + 12 + length + 4
+                if end > len(data):
+                    break
+                event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
+                if any(value.tag == self.tag for value in event.summary.value):
+                    self.steps.append(event.step)
+                position = end
+            self._offsets[path] = offset + position
+        return self.steps
+
+
+def duplicates(steps: list) -> list:
+    """The steps that occur more than once."""
+    seen, twice = set(), set()
+    for step in steps:
+        (twice if step in seen else seen).add(step)
+    return sorted(twice)
+
+
+def one_error_line(stderr: str) -> Optional[str]:
+    """The stderr lines that are not TF/absl start-up noise, if exactly one."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else None
