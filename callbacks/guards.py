@@ -13,12 +13,11 @@ from typing import Callable
 from callbacks.base import StepCallback
 
 
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+class NonFinite(RuntimeError):
+    """Training produced NaN or Inf: in the loss, or in the weights about to be saved."""
 
-    def __init__(self, value: float, step: int) -> None:
-        super().__init__(f"the training loss became {value} at global step {step}")
-        self.value = value
+    def __init__(self, what: str, step: int) -> None:
+        super().__init__(f"{what} at global step {step}")
         self.step = step
 
 
@@ -33,7 +32,7 @@ class Interrupted(RuntimeError):
 
 
 class NonFiniteLossGuard(StepCallback):
-    """Raises `NonFiniteLoss` at the first train step whose loss is NaN or Inf.
+    """Raises `NonFinite` at the first train step whose loss is NaN or Inf.
 
     The loss in the logs is the epoch's running average, which turns non-finite
     at the very step the batch loss does.
@@ -44,7 +43,7 @@ class NonFiniteLossGuard(StepCallback):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             self.model.stop_training = True
-            raise NonFiniteLoss(loss, self.global_step)
+            raise NonFinite(f"the training loss became {loss}", self.global_step)
 
 
 class StopOnSignal(StepCallback):

@@ -187,12 +187,15 @@ def purge_after(run_dir: str, global_step: int, epochs_done: int) -> int:
     for folder in (TRAIN, VALIDATION):
         for path in tf.io.gfile.glob(os.path.join(run_dir, folder, "events.out.tfevents.*")):
             kept, removed = [], 0
-            for record in tf.data.TFRecordDataset(path):
-                event = event_pb2.Event.FromString(record.numpy())
-                if _is_orphan(event, global_step, epochs_done):
-                    removed += 1
-                else:
-                    kept.append(record.numpy())
+            try:
+                for record in tf.data.TFRecordDataset(path):
+                    event = event_pb2.Event.FromString(record.numpy())
+                    if _is_orphan(event, global_step, epochs_done):
+                        removed += 1
+                    else:
+                        kept.append(record.numpy())
+            except tf.errors.DataLossError:  # a record cut short by a crash: drop it
+                removed += 1
             if removed:
                 with tf.io.TFRecordWriter(path + ".tmp") as writer:
                     for record in kept:

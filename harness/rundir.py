@@ -66,12 +66,20 @@ def plan(config: Config) -> str:
 
 
 def create(config: Config, run_dir: str) -> None:
-    """Creates (or, with --overwrite, replaces) the run directory and saves the flags."""
-    if config.overwrite and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    if not config.resume:
-        write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
+    """Creates (or, with --overwrite, replaces) the run directory and saves the flags.
+
+    Raises:
+        UsageError: the folder cannot be written (permissions, a full disk, ...).
+    """
+    try:
+        if config.overwrite and os.path.isdir(run_dir):
+            shutil.rmtree(run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        if not config.resume:
+            write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
+    except OSError as error:
+        raise UsageError(f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
+                         f"{run_dir}); choose another --logdir") from None
 
 
 def write_json(path: str, value) -> None:

@@ -17,7 +17,7 @@ import keras
 
 from callbacks.best_model import BestModel
 from callbacks.checkpoint import Checkpointing, make_manager, restore_latest
-from callbacks.guards import Interrupted, NonFiniteLoss, NonFiniteLossGuard, StopOnSignal
+from callbacks.guards import Interrupted, NonFinite, NonFiniteLossGuard, StopOnSignal
 from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
 from callbacks.profiler import ProfilerCallback, start_profiler_server
@@ -114,7 +114,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     try:
         loops.run(config.mode, model, lambda step: stream_at(start_step=step), validation,
                   callback_list, schedule, jit_compile=config.jit_compile)
-    except (Interrupted, NonFiniteLoss) as stop:
+    except (Interrupted, NonFinite) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
         raise _stopped(stop, run_dir) from None
     history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
@@ -218,7 +218,7 @@ def _restore(model: keras.Model, run_dir: str, keep: int,
     path = restore_latest(manager, warn=print_fn)
     if path is None:
         raise UsageError(f"--resume: no usable checkpoint in {manager.directory}; "
-                         "start the run again without --resume (or with --overwrite)")
+                         "start a new run (another --run_name) without --resume")
     step = int(model.optimizer.iterations.numpy())
     print_fn(f"harness: resumed from {path} at global step {step}")
     return step
