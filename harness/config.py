@@ -6,6 +6,7 @@ bad value up front, naming the flag, the value received and what is allowed.
 """
 
 import dataclasses
+import math
 import os
 import re
 from typing import Optional
@@ -23,6 +24,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # (tests/test_loops.py checks these against the models themselves).
 MIN_MAX_LEN = {"sequential": 12, "functional": 55, "subclass": 4}
 DATA_FILES = {"reuters": "reuters.npz", "imdb": "imdb.npz"}
+MULTI_IO_OUTPUTS = ("priority", "department")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 
@@ -135,6 +137,10 @@ class Config:
         if self.loss_weights and self.model != "multi_io":
             raise UsageError("--loss_weights applies to a multi-output model "
                              "(--model=multi_io) only")
+        _check_loss_weights(self.loss_weights)
+        if self.model == "multi_io" and self.num_classes is not None and self.num_classes < 3:
+            raise UsageError(f"--num_classes={self.num_classes} is not allowed with "
+                             "--model=multi_io: the departments are a softmax over at least 3")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other: "
                              "give one of them")
@@ -210,11 +216,20 @@ def parse_loss_weights(text: str) -> tuple:
         except ValueError:
             raise UsageError(f"--loss_weights={text!r} is not allowed: give output=weight "
                              "pairs, e.g. priority=1.0,department=0.2") from None
-    for name, value in weights:
-        if name not in ("priority", "department") or value < 0:
-            raise UsageError(f"--loss_weights: {name}={value} is not allowed: the outputs "
-                             "are priority and department, weights are >= 0")
+    _check_loss_weights(tuple(weights))
     return tuple(weights)
+
+
+def _check_loss_weights(weights: tuple) -> None:
+    names = [name for name, _ in weights]
+    for name, value in weights:
+        if name not in MULTI_IO_OUTPUTS or not math.isfinite(value) or value < 0:
+            raise UsageError(f"--loss_weights: {name}={value} is not allowed: the outputs "
+                             f"are {' and '.join(MULTI_IO_OUTPUTS)}, weights are finite "
+                             "and >= 0")
+        if names.count(name) > 1:
+            raise UsageError(f"--loss_weights: {name} is given twice; give each of "
+                             f"{' and '.join(MULTI_IO_OUTPUTS)} at most once")
 
 
 def parse_int_list(flag: str, text: str) -> tuple:

@@ -117,11 +117,13 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
 
 
 def _evaluate(steps, validation, callbacks) -> Logs:
+    """One pass over the (finite) validation batches, as `fit`'s `evaluate` does."""
     steps.reset()
     callbacks.on_test_begin()
-    for step, (x, y) in enumerate(steps.distribute(validation)):
+    iterator = iter(steps.distribute(validation))
+    for step in range(int(validation.cardinality())):
         callbacks.on_test_batch_begin(step)
-        logs = steps.test(x, y)
+        logs = steps.test(iterator)
         callbacks.on_test_batch_end(step, logs)
     logs = steps.result()
     callbacks.on_test_end(logs)
@@ -153,7 +155,8 @@ class _OnBatchSteps:
         x, y = next(iterator)
         return self._add(int(_batch_size(x)), self.model.train_on_batch(x, y, return_dict=True))
 
-    def test(self, x, y) -> Logs:
+    def test(self, iterator) -> Logs:
+        x, y = next(iterator)
         return self._add(int(_batch_size(x)), self.model.test_on_batch(x, y, return_dict=True))
 
     def _add(self, size: int, logs: Logs) -> Logs:
@@ -191,7 +194,7 @@ class _TapeSteps:
         self._step = tf.function(self._train_step, jit_compile=jit_compile)
         self._steps = tf.function(self._train_steps)
         self._test_step = tf.function(self._test_on_replica, jit_compile=jit_compile)
-        self._test = tf.function(self._test_on_replicas, reduce_retracing=True)
+        self._test = tf.function(self._test_on_replicas)
 
     def distribute(self, dataset: tf.data.Dataset):
         """The dataset split across the strategy's replicas (per global batch)."""
@@ -200,8 +203,8 @@ class _TapeSteps:
     def train(self, iterator, count: int) -> Logs:
         return self._steps(iterator, tf.constant(count))
 
-    def test(self, x, y) -> Logs:
-        return self._test(x, y)
+    def test(self, iterator) -> Logs:
+        return self._test(iterator)
 
     def reset(self) -> None:
         self.loss_mean.reset_state()
@@ -222,8 +225,8 @@ class _TapeSteps:
         model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         self._update(x, y, y_pred, loss)
 
-    def _test_on_replicas(self, x, y) -> Logs:
-        self.strategy.run(self._test_step, args=(x, y))
+    def _test_on_replicas(self, iterator) -> Logs:
+        self.strategy.run(self._test_step, args=next(iterator))
         return self._logs()
 
     def _test_on_replica(self, x, y) -> None:

@@ -11,13 +11,15 @@ import numpy as np
 from keras import layers
 
 from harness import data, task
+from harness.config import MULTI_IO_OUTPUTS
 
 INPUTS = ("title", "body", "tags")
-OUTPUTS = ("priority", "department")
+OUTPUTS = MULTI_IO_OUTPUTS
 DEFAULT_LOSS_WEIGHTS = {"priority": 1.0, "department": 0.2}
 NUM_DEPARTMENTS = 4
 NUM_TAGS = 12
 URGENT_TAGS = (0, 1)  # a ticket is urgent when it carries one of these tags
+URGENT_WORD = 3  # ... and its title starts with this word twice
 
 
 def title_length(max_len: int) -> int:
@@ -35,7 +37,8 @@ def build(max_len: int, num_departments: int, num_words: int) -> keras.Model:
         layers.Embedding(num_words, 16)(title)))
     body_features = layers.GlobalMaxPool1D()(layers.Conv1D(32, 5, activation="relu")(
         layers.Embedding(num_words, 16)(body)))
-    features = layers.Concatenate()([title_features, body_features, tags])
+    tag_features = layers.Dense(16, activation="relu")(tags)
+    features = layers.Concatenate()([title_features, body_features, tag_features])
     priority = layers.Dense(1, activation="sigmoid", name="priority", dtype="float32")(features)
     department = layers.Dense(num_departments, activation="softmax", name="department",
                               dtype="float32")(features)
@@ -46,7 +49,8 @@ def build(max_len: int, num_departments: int, num_words: int) -> keras.Model:
 def synthetic(*, num_examples: int, num_words: int, max_len: int, num_departments: int,
               seed: int) -> data.Splits:
     """Tickets whose department is carried by keywords in the title and body (as in
-    the single-input synthetic data) and whose priority is set by urgent tags."""
+    the single-input synthetic data) and whose priority is set by urgent tags (an
+    urgent ticket's title also says so, with the word URGENT_WORD)."""
     tokens = data.synthetic(num_examples=num_examples, num_words=num_words,
                             max_len=max_len + title_length(max_len),
                             num_classes=num_departments, seed=seed)
@@ -55,7 +59,9 @@ def synthetic(*, num_examples: int, num_words: int, max_len: int, num_department
     def tickets(x: np.ndarray, y: np.ndarray):
         tags = (rng.random((len(y), NUM_TAGS)) < 0.15).astype(np.float32)
         urgent = tags[:, URGENT_TAGS].max(axis=1)
-        inputs = {"title": x[:, -title_length(max_len):], "body": x[:, :max_len], "tags": tags}
+        title = x[:, -title_length(max_len):].copy()
+        title[urgent == 1, :2] = URGENT_WORD
+        inputs = {"title": title, "body": x[:, :max_len], "tags": tags}
         return inputs, {"priority": urgent[:, None], "department": y}
 
     x_train, y_train = tickets(tokens.x_train, tokens.y_train)
@@ -78,8 +84,10 @@ def compile_args(num_departments: int, metric_names: tuple,
     names = tuple(metric_names) or ("accuracy",)
     metrics = {output: [] for output in heads}
     for name in names:
-        outputs = [output for output, classes in heads.items()
-                   if name in task.METRICS and task.applies(name, classes)]
+        if name not in task.METRICS:
+            raise ValueError(f"--metrics: unknown metric {name!r}; choose from "
+                             f"{', '.join(task.METRICS)}")
+        outputs = [output for output, classes in heads.items() if task.applies(name, classes)]
         if not outputs:
             raise ValueError(f"--metrics: {name!r} applies to neither output of multi_io; "
                              f"choose from {', '.join(task.METRICS)}")

@@ -120,7 +120,9 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
     print_fn(report.summary(history, run_dir, config.logdir))
     if config.export:
-        print_fn(export.how_to_load(export.saved_model(run_dir, model)))
+        sample_input = splits.probe(1)[0]
+        print_fn(export.how_to_load(export.saved_model(run_dir, model, sample_input),
+                                    sample_input))
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
 
 
