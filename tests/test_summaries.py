@@ -1,0 +1,362 @@
+"""The unified TensorBoard summaries, read back from the event files of real runs.
+
+Each of the three loops (`fit`, `train_on_batch`, `tape`) trains the same tiny
+run once (module fixture: 3 epochs, batch scalars every 3 steps, histograms
+every epoch, the learning rate halved at epoch 2); the tests then read
+`<run>/`, `<run>/train/` and `<run>/validation/` with TensorBoard's own
+`EventAccumulator` and check that every kind of summary is there, in every
+mode, with the same tags and sensible values. Also: `LearningRateHalving`
+refuses a learning-rate schedule, and `scripts/compare_modes.py` runs.
+
+Real TensorFlow, no mocks. About 12 s on an idle 2-core CPU.
+"""
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tb_util  # noqa: E402  (also puts the repository root on sys.path)
+
+import keras  # noqa: E402
+from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
+
+from callbacks.lr_halving import LearningRateHalving  # noqa: E402
+from harness import models  # noqa: E402
+from harness.config import Config  # noqa: E402
+from harness.train import train  # noqa: E402
+
+REPO = tb_util.REPO
+MODES = ("fit", "train_on_batch", "tape")
+LR = 1e-3
+EPOCHS = 3
+EVERY = 3  # summary_every_steps
+NUM_EXAMPLES, MAX_LEN, BATCH = 300, 60, 32
+STEPS_PER_EPOCH = math.ceil(NUM_EXAMPLES / BATCH)  # 10
+HALVE_AT = 2
+EPOCH_TAGS = ("epoch_loss", "epoch_accuracy", "epoch_top5_accuracy")
+TRAIN_ONLY_EPOCH_TAGS = ("epoch_learning_rate", "epoch_examples_per_second", "epoch_seconds")
+BATCH_TAGS = ("batch_loss", "batch_learning_rate")
+ROOT_TAGS = {"_hparams_/session_start_info", "flags"}
+
+
+def _config(logdir, mode: str, **overrides) -> Config:
+    options = dict(mode=mode, epochs=EPOCHS, num_examples=NUM_EXAMPLES, max_len=MAX_LEN,
+                   batch_size=BATCH, learning_rate=LR, logdir=str(logdir), run_name=mode,
+                   verbose=0, summary_every_steps=EVERY, histogram_freq=1,
+                   lr_halve_epochs=(HALVE_AT,))
+    options.update(overrides)
+    return Config(**options)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    """{variable path: number of values} of the model every run trains.
+
+    Built in a fresh Keras session, like each run below, so the layer names
+    (hence the histogram tags) are the ones a run gets in a fresh process.
+    """
+    keras.backend.clear_session()
+    model = models.build("sequential", (MAX_LEN,), 46, Config().num_words)
+    paths = {v.path: int(np.prod(v.shape)) for v in model.trainable_variables}
+    keras.backend.clear_session()
+    return paths
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, weights):
+    """{mode: (Result, console lines)}: one finished run per loop.
+
+    Each run starts from a cleared Keras session, as a run from the command
+    line does; without it the histogram tags depend on how many models the
+    process built before (see test_histogram_tags_do_not_depend_on_earlier_models).
+    """
+    logdir = tmp_path_factory.mktemp("summaries")
+    results = {}
+    for mode in MODES:
+        keras.backend.clear_session()
+        console = []
+        result = train(_config(logdir, mode), print_fn=console.append)
+        results[mode] = (result, console)
+    return results
+
+
+def _dirs(result, split: str) -> Path:
+    return Path(result.run_dir) / split
+
+
+# --- Same tags everywhere ---------------------------------------------------------------
+
+
+def test_three_modes_write_the_same_tags(runs, weights):
+    expected = {
+        "": ROOT_TAGS,
+        "train": {*EPOCH_TAGS, *TRAIN_ONLY_EPOCH_TAGS, *BATCH_TAGS, *weights,
+                  *(f"{path}/gradient" for path in weights)},
+        "validation": set(EPOCH_TAGS),
+    }
+    for split, tags in expected.items():
+        by_mode = {mode: tb_util.tensor_tags(_dirs(result, split))
+                   for mode, (result, _) in runs.items()}
+        for mode, found in by_mode.items():
+            assert found == tags, (f"{mode} {split or 'root'}/: missing {tags - found}, "
+                                   f"unexpected {found - tags}")
+
+
+def test_three_modes_agree_on_the_curves(runs):
+    """Same seed, data and flags: the loops reproduce each other (DESIGN.md: ~1e-3)."""
+    for split in ("train", "validation"):
+        for tag in EPOCH_TAGS:
+            curves = {mode: [v for _, v in tb_util.scalars(_dirs(r, split), tag)]
+                      for mode, (r, _) in runs.items()}
+            reference = curves["fit"]
+            for mode, curve in curves.items():
+                np.testing.assert_allclose(curve, reference, rtol=1e-3, atol=1e-3,
+                                           err_msg=f"{split}/{tag}: {mode} vs fit")
+
+
+# --- Per-epoch scalars ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_epoch_scalars_in_train(runs, mode):
+    result, _ = runs[mode]
+    history = json.loads((Path(result.run_dir) / "history.json").read_text())
+    events = tb_util.load_events(_dirs(result, "train"))
+    got = {tag: tb_util.scalars(events, tag) for tag in (*EPOCH_TAGS, *TRAIN_ONLY_EPOCH_TAGS)}
+    for tag, points in got.items():
+        assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
+        assert all(math.isfinite(v) for _, v in points), (tag, points)
+    for tag in EPOCH_TAGS:  # the same numbers as history.json (float32 in the event file)
+        np.testing.assert_allclose([v for _, v in got[tag]], history[tag[len("epoch_"):]],
+                                   rtol=1e-6, err_msg=tag)
+    for (_, accuracy), (_, top5) in zip(got["epoch_accuracy"], got["epoch_top5_accuracy"]):
+        assert 0.0 <= accuracy <= top5 <= 1.0
+    assert all(v > 0 for _, v in got["epoch_loss"])
+    examples_per_epoch = STEPS_PER_EPOCH * BATCH
+    for (_, speed), (_, seconds) in zip(got["epoch_examples_per_second"], got["epoch_seconds"]):
+        assert speed > 0 and seconds > 0
+        # Speed is over the training part of the epoch, seconds the whole epoch
+        # (validation included), so speed * seconds covers at least the examples.
+        assert speed * seconds >= examples_per_epoch * (1 - 1e-4), (speed, seconds)
+        assert speed < 1e7, speed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_validation_scalars_equal_history(runs, mode):
+    result, _ = runs[mode]
+    history = json.loads((Path(result.run_dir) / "history.json").read_text())
+    assert history["epoch"] == list(range(1, EPOCHS + 1))
+    events = tb_util.load_events(_dirs(result, "validation"))
+    for tag in EPOCH_TAGS:
+        points = tb_util.scalars(events, tag)
+        assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
+        np.testing.assert_allclose([v for _, v in points], history["val_" + tag[len("epoch_"):]],
+                                   rtol=1e-6, err_msg=tag)
+
+
+# --- Batch scalars ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_scalars_every_n_global_steps(runs, mode):
+    result, _ = runs[mode]
+    events = tb_util.load_events(_dirs(result, "train"))
+    expected_steps = list(range(EVERY, EPOCHS * STEPS_PER_EPOCH + 1, EVERY))
+    losses = tb_util.scalars(events, "batch_loss")
+    rates = tb_util.scalars(events, "batch_learning_rate")
+    assert [s for s, _ in losses] == expected_steps
+    assert [s for s, _ in rates] == expected_steps
+    assert all(math.isfinite(v) and v > 0 for _, v in losses)
+    for step, rate in rates:  # global step -> 1-based epoch
+        epoch = (step - 1) // STEPS_PER_EPOCH + 1
+        want = LR if epoch < HALVE_AT else LR / 2
+        assert rate == pytest.approx(want, rel=1e-6), (step, rate)
+    # batch_loss is the epoch's running mean: at an epoch's last step it is the epoch loss.
+    last = EPOCHS * STEPS_PER_EPOCH
+    assert last % EVERY == 0
+    epoch_loss = dict(tb_util.scalars(events, "epoch_loss"))[EPOCHS]
+    assert dict(losses)[last] == pytest.approx(epoch_loss, rel=1e-5)
+
+
+# --- Histograms -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weight_and_gradient_histograms(runs, weights, mode):
+    result, _ = runs[mode]
+    events = tb_util.load_events(_dirs(result, "train"))
+    for path, size in weights.items():
+        for tag in (path, f"{path}/gradient"):
+            points = tb_util.values(events, tag)
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), tag
+            for _, histogram in points:
+                assert histogram.ndim == 2 and histogram.shape[1] == 3, tag
+                assert tb_util.histogram_counts(histogram) == size, tag
+        # A gradient histogram with some non-zero values (not all buckets at 0).
+        for step, gradient in tb_util.values(events, f"{path}/gradient"):
+            used = gradient[gradient[:, 2] > 0]
+            assert np.abs(used[:, :2]).max() > 0, f"{path}/gradient is all zero at {step}"
+    # Training changed the weights between the first and the last histogram.
+    kernel = next(path for path in weights if path.endswith("head/kernel"))
+    first, last = tb_util.values(events, kernel)[0][1], tb_util.values(events, kernel)[-1][1]
+    assert not np.array_equal(first, last)
+
+
+# --- Graph, hyperparameters, flags -----------------------------------------------------
+
+
+def test_graph_of_the_train_step_in_every_mode(runs):
+    op_types = {}
+    for mode, (result, _) in runs.items():
+        graph = tb_util.load_events(_dirs(result, "train")).Graph()
+        assert len(graph.node) > 100, (mode, len(graph.node))
+        op_types[mode] = {node.op for node in graph.node}
+        # forward, loss, backward and the optimizer's update are all in it
+        for op in ("Conv2D", "MatMul", "Softmax", "Conv2DBackpropFilter",
+                   "AssignSubVariableOp"):
+            assert op in op_types[mode], (mode, op)
+        for split in ("", "validation"):
+            assert not tb_util.load_events(_dirs(result, split)).Tags()["graph"], (mode, split)
+    assert op_types["fit"] == op_types["train_on_batch"] == op_types["tape"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hparams_session_in_the_root_run(runs, mode):
+    result, _ = runs[mode]
+    events = tb_util.load_events(_dirs(result, ""))
+    tag = hparams_metadata.SESSION_START_INFO_TAG
+    assert tag in events.Tags()["tensors"]
+    content = events.SummaryMetadata(tag).plugin_data
+    assert content.plugin_name == hparams_metadata.PLUGIN_NAME
+    info = hparams_metadata.parse_session_start_info_plugin_data(content.content)
+    hparams = {name: getattr(value, value.WhichOneof("kind"))
+               for name, value in info.hparams.items()}
+    assert hparams["mode"] == mode
+    assert hparams["model"] == "sequential"
+    assert hparams["dataset"] == "synthetic"
+    assert hparams["optimizer"] == "nadam"
+    assert hparams["learning_rate"] == pytest.approx(LR)
+    assert hparams["batch_size"] == BATCH
+    assert hparams["seed"] == Config().seed
+    assert info.group_name == Path(result.run_dir).name
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flags_text_summary(runs, mode):
+    result, _ = runs[mode]
+    events = tb_util.load_events(_dirs(result, ""))
+    assert events.SummaryMetadata("flags").plugin_data.plugin_name == "text"
+    [(step, text)] = tb_util.values(events, "flags")
+    text = text.item().decode()
+    assert f"| mode | '{mode}' |" in text
+    assert "| summary_every_steps | 3 |" in text
+    for field in Config.__dataclass_fields__:
+        assert f"| {field} |" in text, field
+
+
+# --- Learning-rate halving --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_learning_rate_halved_at_epoch_2(runs, mode):
+    result, console = runs[mode]
+    rates = tb_util.scalars(_dirs(result, "train"), "epoch_learning_rate")
+    assert [s for s, _ in rates] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in rates], [LR, LR / 2, LR / 2], rtol=1e-6)
+    announced = [line for line in console if re.search(r"learning rate", line, re.I)
+                 and re.search(r"\bepoch\b", line, re.I)]
+    assert len(announced) == 1, console
+    assert re.search(r"Epoch 2\b", announced[0]) and "0.0005" in announced[0], announced
+
+
+def _tiny_model(optimizer) -> keras.Model:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+def _schedule_optimizer() -> keras.optimizers.Optimizer:
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=10, decay_rate=0.9)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def test_halving_a_schedule_is_a_clear_error():
+    optimizer = _schedule_optimizer()
+    with pytest.raises(ValueError, match="learning-rate halving.*schedule"):
+        LearningRateHalving.check(optimizer)
+    # Used as a plain callback, it refuses before the first step, not silently.
+    model = _tiny_model(optimizer)
+    x, y = np.zeros((8, 4), "float32"), np.zeros((8, 2), "float32")
+    with pytest.raises(ValueError, match="schedule"):
+        model.fit(x, y, epochs=2, verbose=0,
+                  callbacks=[LearningRateHalving(1e-3, (2,), print_fn=lambda s: None)])
+    LearningRateHalving.check(keras.optimizers.Adam(1e-3))  # a plain rate is fine
+
+
+# --- Known problems ---------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "callbacks/lr_halving.py LearningRateHalving.check names type(optimizer.learning_rate), "
+    "but in Keras 3 that property evaluates the schedule, so the message says "
+    "'uses a schedule (EagerTensor)'. Fix: inspect optimizer._learning_rate (the schedule "
+    "object). Remove this marker once fixed."))
+def test_halving_error_names_the_schedule():
+    with pytest.raises(ValueError, match="ExponentialDecay"):
+        LearningRateHalving.check(_schedule_optimizer())
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "harness.train.train() does not reset Keras's layer-name counters, so a second run "
+    "in the same process names its layers embedding_1, conv1d_2, ... and its histogram "
+    "tags differ from a fresh process's (and change across an in-process resume). Fix: "
+    "keras.backend.clear_session() at the start of train(), or fixed layer names in "
+    "harness/models.py. Remove this marker once fixed."))
+def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
+    keras.backend.clear_session()
+    models.build("sequential", (MAX_LEN,), 46, Config().num_words)  # an earlier model
+    result = train(_config(tmp_path, "tape", epochs=1, summary_every_steps=0),
+                   print_fn=lambda s: None)
+    histograms = {tag for tag in tb_util.tensor_tags(_dirs(result, "train"))
+                  if not tag.startswith(("epoch_", "batch_"))}
+    assert histograms == {*weights, *(f"{path}/gradient" for path in weights)}
+
+
+# --- scripts/compare_modes.py -----------------------------------------------------------
+
+
+def test_compare_modes_script(tmp_path):
+    logdir = tmp_path / "compare"
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compare_modes.py"), "--epochs=2",
+         "--num_examples=200", "--max_len=40", "--summary_every_steps=0",
+         f"--logdir={logdir}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    # one block per metric, with the three modes side by side and one row per epoch
+    for split, tag in (("train", "epoch_loss"), ("validation", "epoch_loss"),
+                       ("train", "epoch_accuracy"), ("train", "epoch_learning_rate")):
+        assert f"{split}/{tag}" in out, out
+    header = next(line for line in out.splitlines() if line.split()[:1] == ["epoch"])
+    assert header.split()[1:4] == list(MODES), header
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\s*[12]\s", line)]
+    assert rows and all(len(row) >= 4 for row in rows), out
+    for row in rows:
+        [float(cell) for cell in row[1:4]]  # numbers, read back from the event files
+    # the loss values printed are those in the event files
+    fit_train_loss = tb_util.scalars(logdir / "fit" / "train", "epoch_loss")
+    assert f"{fit_train_loss[-1][1]:.6f}" in out
+    match = re.search(r"max relative difference of loss between modes:\s*([0-9.eE+-]+)", out)
+    assert match, out
+    assert 0 <= float(match.group(1)) < 1e-2
+    for mode in MODES:
+        assert (logdir / mode / "train").is_dir()
