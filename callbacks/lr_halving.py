@@ -36,7 +36,9 @@ class LearningRateHalving(keras.callbacks.Callback):
     @staticmethod
     def check(optimizer: keras.optimizers.Optimizer) -> None:
         """Raises ValueError if `optimizer`'s rate is a schedule, which cannot be halved."""
-        rate = optimizer.learning_rate
+        # Keras 3's `learning_rate` property evaluates a schedule; `_learning_rate`
+        # holds the schedule object itself (or the variable of a plain rate).
+        rate = getattr(optimizer, "_learning_rate", optimizer.learning_rate)
         if not isinstance(rate, keras.Variable):
             raise ValueError(
                 f"learning-rate halving needs a plain learning rate, but the optimizer "

@@ -117,7 +117,8 @@ class TensorBoardSummaries(StepCallback):
 
     def on_train_end(self, logs=None) -> None:
         for writer in self._writers.values():
-            writer.flush()
+            writer.close()
+        self._writers = {}
 
     def _learning_rate(self) -> float:
         return float(tf.convert_to_tensor(self.model.optimizer.learning_rate))

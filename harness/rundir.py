@@ -1,7 +1,8 @@
 """The run directory: where a run's event files, checkpoints and records live.
 
 `<logdir>/<run_name>/` holds `train/` and `validation/` event files, `checkpoints/`,
-`best.keras`, `flags.json` (the run's config) and `history.json` (per-epoch logs).
+`best.keras`, `flags.json` (the run's config, the latest when resumed) and
+`history.json` (per-epoch logs).
 Nothing here overwrites an existing run unless the user said `--overwrite`.
 """
 
@@ -75,8 +76,7 @@ def create(config: Config, run_dir: str) -> None:
         if config.overwrite and os.path.isdir(run_dir):
             shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
-        if not config.resume:
-            write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
+        write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
     except OSError as error:
         raise UsageError(f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
                          f"{run_dir}); choose another --logdir") from None

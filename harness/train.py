@@ -57,6 +57,7 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
             was written from that step on.
     """
     config.validate()
+    keras.backend.clear_session()  # fresh layer names: the same tags in every run
     device_line = devices.configure(config.gpus, config.gpu_memory_growth,
                                     config.gpu_memory_limit_mb)
     strategy = distribute.make_strategy(config.strategy, config.mode, config.cpu_replicas)
@@ -80,6 +81,10 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     model = _compiled_model(config, splits.num_classes)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size,
                                      config.steps_per_epoch)
+    if config.mode == "fit" and steps_per_epoch % config.steps_per_execution:
+        raise UsageError(f"--steps_per_execution={config.steps_per_execution} must divide the "
+                         f"{steps_per_epoch} steps of an epoch with --mode=fit (Keras would "
+                         "run extra steps); set --steps_per_epoch to a multiple of it")
 
     rundir.create(config, run_dir)
     manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),

@@ -303,23 +303,12 @@ def test_halving_a_schedule_is_a_clear_error():
 # --- Known problems ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "callbacks/lr_halving.py LearningRateHalving.check names type(optimizer.learning_rate), "
-    "but in Keras 3 that property evaluates the schedule, so the message says "
-    "'uses a schedule (EagerTensor)'. Fix: inspect optimizer._learning_rate (the schedule "
-    "object). Remove this marker once fixed."))
 def test_halving_error_names_the_schedule():
     with pytest.raises(ValueError, match="ExponentialDecay"):
         LearningRateHalving.check(_schedule_optimizer())
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "harness.train.train() does not reset Keras's layer-name counters, so a second run "
-    "in the same process names its layers embedding_1, conv1d_2, ... and its histogram "
-    "tags differ from a fresh process's (and change across an in-process resume). Fix: "
-    "keras.backend.clear_session() at the start of train(), or fixed layer names in "
-    "harness/models.py. Remove this marker once fixed."))
 def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
     keras.backend.clear_session()
     models.build("sequential", (MAX_LEN,), 46, Config().num_words)  # an earlier model
