@@ -76,10 +76,16 @@ def create(config: Config, run_dir: str) -> None:
         if config.overwrite and os.path.isdir(run_dir):
             shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
-        write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
+        if not config.resume:  # a resumed run's flags are saved once it has restored
+            save_flags(config, run_dir)
     except OSError as error:
         raise UsageError(f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
                          f"{run_dir}); choose another --logdir") from None
+
+
+def save_flags(config: Config, run_dir: str) -> None:
+    """Saves the run's flags as `flags.json`."""
+    write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
 
 
 def write_json(path: str, value) -> None:

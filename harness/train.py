@@ -97,6 +97,8 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     if schedule.initial_epoch >= config.epochs:
         raise UsageError(f"--resume: the run already finished {schedule.initial_epoch} "
                          "epochs; pass a larger --epochs to train further")
+    if config.resume:
+        rundir.save_flags(config, run_dir)  # e.g. the larger --epochs it now trains to
     if global_step and purge_after(run_dir, global_step, schedule.initial_epoch):
         print_fn(f"harness: dropped summaries written after step {global_step} "
                  "(they are written again now)")
