@@ -56,6 +56,16 @@ def reuters_npz(shared_data: Path) -> Path:
 
 
 @pytest.fixture
+def offline(monkeypatch):
+    """Makes any download attempt fail at once, even on a machine with internet
+    (Keras tries one after a failed hash check)."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+@pytest.fixture
 def logdir(tmp_path: Path) -> Path:
     """A --logdir that does not exist yet (so 'nothing written' is easy to check)."""
     return tmp_path / "logs"

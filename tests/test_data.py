@@ -207,15 +207,6 @@ def test_reuters_end_to_end(shared_data, reuters_npz, make_config, run_train, lo
     assert "8982 train / 2246 validation" in "\n".join(lines)
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    """Makes any download attempt fail at once, even on a machine with internet."""
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-
-
 def test_missing_data_dir_is_a_clear_error(tmp_path, make_config, run_train, logdir):
     missing = tmp_path / "no-such-folder"
     with pytest.raises(UsageError, match="--data_dir=.*is not a folder") as error:

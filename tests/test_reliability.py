@@ -626,15 +626,6 @@ def test_resume_with_an_empty_checkpoint_folder_is_a_usage_error(finished_run, t
     assert snapshot(tmp_path) == before
 
 
-@pytest.fixture
-def offline(monkeypatch):
-    """Any download attempt fails at once (Keras tries one after a failed hash check)."""
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-
-
 def test_same_size_data_file_failing_its_hash_is_a_usage_error(reuters_npz, tmp_path, offline,
                                                                 make_config, run_train,
                                                                 logdir):

@@ -1,0 +1,80 @@
+"""Smoke tests of scripts/bench.py, run as a person runs it (a subprocess).
+
+A tiny synthetic configuration (`--quick`) trains every variant end to end and
+the tests read the JSON and Markdown it writes; the real numbers come from a
+full run (see the README).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "scripts" / "bench.py"
+VARIANTS = ("bare-fit", "bare-tape", "bare-train_on_batch", "ceiling",
+            "harness-fit", "harness-fit-nolog", "harness-train_on_batch",
+            "harness-train_on_batch-nolog", "harness-tape", "harness-tape-nolog")
+
+
+def _bench(*args, timeout=240):
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=timeout)
+
+
+def _check_rows(rows, variants):
+    assert sorted(rows) == sorted(variants)
+    for variant, row in rows.items():
+        assert row["examples_per_second"]["median"] > 0, variant
+        assert row["retraces_after_first_epoch"] is not None, variant
+
+
+def test_quick_run_measures_every_variant(tmp_path):
+    done = _bench("--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    result = json.loads((tmp_path / "bench.json").read_text())
+    rows = result["main"]["rows"]
+    _check_rows(rows, VARIANTS)
+    assert rows["harness-fit"]["baseline"] == "bare-fit"
+    assert rows["harness-tape-nolog"]["baseline"] == "bare-tape"
+    for variant in VARIANTS:
+        assert rows[variant]["vs_ceiling"] > 0, variant
+        if variant.startswith("harness-"):
+            assert rows[variant]["vs_baseline"] > 0, variant
+    for mode in ("fit", "train_on_batch", "tape"):
+        assert rows[f"harness-{mode}"]["logging_cost_pct"] is not None
+    assert result["targets"], "the issue's targets are checked"
+
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| variant | examples/s (median) |" in markdown
+    for variant in VARIANTS:
+        assert f"| {variant} |" in markdown
+
+
+def test_memory_in_fresh_subprocesses(tmp_path):
+    done = _bench("--quick", "--memory", "subprocess", "--variants", "bare-fit,harness-fit",
+                  "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench.json").read_text())["main"]["rows"]
+    _check_rows(rows, ("bare-fit", "harness-fit"))
+    for row in rows.values():
+        # A fresh process holding TensorFlow: hundreds of MB, not the test runner's.
+        assert 100 < row["peak_rss_mb"] < 4000
+        assert row["peak_growth_mb"] > 0
+    assert rows["harness-fit"]["peak_rss_vs_baseline"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--epochs", "1"), "--epochs=1"),
+    (("--variants", "bare-fit,warp-drive"), "warp-drive"),
+    (("--data_dir", "/nonexistent"), "holds no reuters.npz"),
+    (("--batch_sizes", "32,x"), "--batch_sizes"),
+    (("--num_examples", "0"), "--num_examples=0"),
+])
+def test_bad_arguments_exit_2(args, message):
+    done = _bench(*args, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
