@@ -19,6 +19,9 @@ BUILTIN_MODELS = ("sequential", "functional", "subclass", "multi_io")
 DATASETS = ("synthetic", "reuters", "imdb")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# Keras 3's fit and train_on_batch under MultiWorkerMirroredStrategy fail ("Attempt to
+# convert a value (PerReplica...) to a Tensor"; "Invalid reduction dimension 0").
+KERAS_MULTI_WORKER_ISSUE = "keras-team/keras#20585 (tensorflow/tensorflow#72388)"
 # The shortest --max_len each built-in model takes: its convolutions and
 # poolings shrink the sequence, and a shorter one leaves nothing to convolve
 # (tests/test_loops.py checks these against the models themselves).
@@ -127,6 +130,15 @@ class Config:
             validate_windows(self.profile_steps)
         except ValueError as error:
             raise UsageError(f"--profile_steps: {error}") from None
+        if self.strategy == "multi_worker" and self.mode != "tape":
+            raise UsageError(
+                f"--strategy=multi_worker cannot run --mode={self.mode}: Keras 3's "
+                f"{self.mode} fails under MultiWorkerMirroredStrategy "
+                f"({KERAS_MULTI_WORKER_ISSUE}); use --mode=tape, the harness's own loop, "
+                "which runs on many machines")
+        if self.cpu_replicas and self.strategy != "mirrored":
+            raise UsageError(f"--cpu_replicas={self.cpu_replicas} applies to "
+                             "--strategy=mirrored only")
         if self.mode == "train_on_batch" and self.steps_per_execution > 1:
             raise UsageError(f"--steps_per_execution={self.steps_per_execution} does not apply "
                              "to --mode=train_on_batch, which trains one batch per call: use "

@@ -16,18 +16,16 @@ import tensorflow as tf
 from harness.config import STRATEGIES
 from harness.errors import UsageError
 
-# Keras 3's fit/train_on_batch under MultiWorkerMirroredStrategy fail with
-# "Attempt to convert a value (PerReplica...) to a Tensor".
-KERAS_MULTI_WORKER_ISSUE = "keras-team/keras#20585 (tensorflow/tensorflow#72388)"
+# What the user asked for, by the strategy's class name.
+_NAMES = {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}
 
 
-def make_strategy(name: str, mode: str, cpu_replicas: int = 0) -> tf.distribute.Strategy:
-    """The strategy `--strategy=name` asks for.
+
+def make_strategy(name: str, cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """The strategy `--strategy=name` asks for (the loop was checked by Config).
 
     Args:
         name: one of STRATEGIES.
-        mode: the training loop; `fit` and `train_on_batch` are rejected under
-            `multi_worker`, where Keras 3 cannot run them.
         cpu_replicas: with `mirrored` on a machine without GPUs, split the CPU
             into this many logical devices (0 = one replica per physical device).
 
@@ -39,13 +37,11 @@ def make_strategy(name: str, mode: str, cpu_replicas: int = 0) -> tf.distribute.
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(_local_devices(cpu_replicas))
     if name == "multi_worker":
-        if mode != "tape":
-            raise UsageError(
-                f"--strategy=multi_worker cannot run --mode={mode}: Keras 3's {mode} fails "
-                f"under MultiWorkerMirroredStrategy ({KERAS_MULTI_WORKER_ISSUE}); use "
-                "--mode=tape, the harness's own loop, which runs on many machines")
         _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, TypeError, KeyError) as error:
+            raise UsageError(f"TF_CONFIG is not valid for this cluster: {error}") from None
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -74,8 +70,8 @@ def describe(strategy: tf.distribute.Strategy) -> Optional[str]:
     """A startup line for a non-default strategy."""
     if strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1:
         return None
-    return (f"harness: {type(strategy).__name__} with {strategy.num_replicas_in_sync} "
-            f"replicas{'' if is_chief(strategy) else ' (this worker writes nothing)'}")
+    name = type(strategy).__name__
+    return f"harness: {_NAMES.get(name, name)} with {strategy.num_replicas_in_sync} replicas"
 
 
 def _local_devices(cpu_replicas: int) -> list:

@@ -60,9 +60,12 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
     keras.backend.clear_session()  # fresh layer names: the same tags in every run
     device_line = devices.configure(config.gpus, config.gpu_memory_growth,
                                     config.gpu_memory_limit_mb)
-    strategy = distribute.make_strategy(config.strategy, config.mode, config.cpu_replicas)
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     chief = distribute.is_chief(strategy)
     run_dir = rundir.plan(config) if chief else tempfile.mkdtemp(prefix="harness-worker-")
+    if not chief:
+        print_fn(f"{distribute.describe(strategy)}: this worker trains and writes nothing; "
+                 "the chief (worker 0) writes the run")
     try:
         with strategy.scope():
             result = _train(config, run_dir, print_fn if chief else _quiet,
