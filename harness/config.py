@@ -28,6 +28,7 @@ KERAS_MULTI_WORKER_ISSUE = "keras-team/keras#20585 (tensorflow/tensorflow#72388)
 MIN_MAX_LEN = {"sequential": 12, "functional": 55, "subclass": 4}
 DATA_FILES = {"reuters": "reuters.npz", "imdb": "imdb.npz"}
 MULTI_IO_OUTPUTS = ("priority", "department")
+AUTO_EXECUTION_STEPS = 100
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 
@@ -66,7 +67,7 @@ class Config:
     monitor: str = "val_loss"
     profile_steps: tuple = ()
     profiler_port: int = 0
-    steps_per_execution: int = 1
+    steps_per_execution: int = 0  # 0 = auto: see Config.execution_steps
     jit_compile: bool = False
     mixed_precision: bool = False
     metrics: tuple = ()
@@ -89,7 +90,7 @@ class Config:
                 f"--model={self.model!r} is not allowed: use one of "
                 f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'")
         for name in ("num_words", "max_len", "epochs", "batch_size", "num_examples",
-                     "keep_checkpoints", "steps_per_execution"):
+                     "keep_checkpoints"):
             _positive(name, getattr(self, name))
         for name in ("steps_per_epoch", "validation_steps", "clip_norm"):
             if getattr(self, name) is not None:
@@ -97,7 +98,8 @@ class Config:
         for name in ("learning_rate", "lr_halve_factor"):
             _positive(name, getattr(self, name))
         for name in ("summary_every_steps", "histogram_freq", "checkpoint_every_steps",
-                     "profiler_port", "verbose", "gpu_memory_limit_mb", "cpu_replicas"):
+                     "profiler_port", "verbose", "gpu_memory_limit_mb", "cpu_replicas",
+                     "steps_per_execution"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name}={getattr(self, name)} is not allowed: "
                                  "it must be 0 (off) or a positive number")
@@ -163,6 +165,21 @@ class Config:
         if self.dataset in DATA_FILES and self.model != "multi_io":
             check_data_dir(self.dataset, self.data_dir)
         return self
+
+    @property
+    def execution_steps(self) -> int:
+        """Train steps per compiled call: --steps_per_execution, or automatically 1
+        for fit and train_on_batch (Keras's own default) and, for the tape loop, as
+        many as fit between its periodic actions (batch summaries, step checkpoints;
+        at most AUTO_EXECUTION_STEPS), so that Python runs once per hundred steps
+        rather than once per step. A tape run that profiles uses 1, so that the
+        profile marks each step."""
+        if self.steps_per_execution:
+            return self.steps_per_execution
+        if self.mode != "tape" or self.profile_steps:
+            return 1
+        return math.gcd(AUTO_EXECUTION_STEPS, self.summary_every_steps,
+                        self.checkpoint_every_steps)
 
     @property
     def binary(self) -> bool:

@@ -87,26 +87,29 @@ def _fit(model, train, validation, callbacks, schedule: Schedule) -> None:
 def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) -> None:
     """The epoch/step skeleton `fit` runs, driven by hand (Keras's documented way).
 
-    Batches go in executions of `schedule.steps_per_execution` steps; the batch
-    hooks see an execution's first and last batch index, as under `fit`.
+    Batches go in executions of up to `schedule.steps_per_execution` steps that
+    end at multiples of it in global steps (so periodic actions at such
+    multiples happen exactly there) and at epoch ends; the batch hooks see an
+    execution's first and last batch index, as under `fit`.
     """
     iterator = iter(steps.distribute(train(schedule.start_step)))
     model.stop_training = False
     callbacks.on_train_begin()
     epoch_logs: Logs = {}
-    first_step = schedule.initial_step_in_epoch
+    global_step = schedule.start_step
+    per_execution = schedule.steps_per_execution
     for epoch in range(schedule.initial_epoch, schedule.epochs):
         steps.reset()
         callbacks.on_epoch_begin(epoch)
-        remaining = schedule.steps_per_epoch - first_step
-        for begin in range(0, remaining, schedule.steps_per_execution):
-            count = min(schedule.steps_per_execution, remaining - begin)
-            callbacks.on_train_batch_begin(begin)
+        epoch_end = (epoch + 1) * schedule.steps_per_epoch
+        batch = 0
+        while global_step < epoch_end and not model.stop_training:
+            count = min(per_execution - global_step % per_execution, epoch_end - global_step)
+            callbacks.on_train_batch_begin(batch)
             logs = steps.train(iterator, count)
-            callbacks.on_train_batch_end(begin + count - 1, logs)
-            if model.stop_training:
-                break
-        first_step = 0
+            callbacks.on_train_batch_end(batch + count - 1, logs)
+            global_step += count
+            batch += count
         epoch_logs = steps.result()
         if validation is not None:
             epoch_logs.update(_evaluate(steps, validation, callbacks))

@@ -66,7 +66,9 @@ flags.DEFINE_integer("profiler_port", _D.profiler_port,
                      "Start the profiler server on this port for TensorBoard's 'Capture "
                      "profile' (0 = off). It listens on all interfaces, not only loopback")
 flags.DEFINE_integer("steps_per_execution", _D.steps_per_execution,
-                     "Train steps per compiled call (fit and tape; callbacks see each call)")
+                     "Train steps per compiled call (fit and tape; callbacks see each call). "
+                     "0 = auto: 1 for fit, up to 100 for tape (between step summaries and "
+                     "checkpoints)")
 flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the train step with XLA")
 flags.DEFINE_bool("mixed_precision", _D.mixed_precision,
                   "Mixed precision: bfloat16 on a CPU, float16 with loss scaling on a GPU")

@@ -84,8 +84,8 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     model = _compiled_model(config, splits.num_classes)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size,
                                      config.steps_per_epoch)
-    if config.mode == "fit" and steps_per_epoch % config.steps_per_execution:
-        raise UsageError(f"--steps_per_execution={config.steps_per_execution} must divide the "
+    if config.mode == "fit" and steps_per_epoch % config.execution_steps:
+        raise UsageError(f"--steps_per_execution={config.execution_steps} must divide the "
                          f"{steps_per_epoch} steps of an epoch with --mode=fit (Keras would "
                          "run extra steps); set --steps_per_epoch to a multiple of it")
 
@@ -96,7 +96,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     if config.resume:
         global_step = _restore(model, rundir.path(config), config.keep_checkpoints, print_fn)
     schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch,
-                                      config.steps_per_execution)
+                                      config.execution_steps)
     if schedule.initial_epoch >= config.epochs:
         raise UsageError(f"--resume: the run already finished {schedule.initial_epoch} "
                          "epochs; pass a larger --epochs to train further")
@@ -113,7 +113,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
                                   batch_size=config.batch_size, seed=config.seed)
     checkpointing = Checkpointing(manager, config.checkpoint_every_steps)
     callback_list = keras.callbacks.CallbackList(
-        _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn) + user_callbacks,
+        _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn, user_callbacks),
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
         epochs=config.epochs, steps=steps_per_epoch, model=model)
 
@@ -182,7 +182,7 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
                                            config.clip_norm),
                   **compile_args, jit_compile=config.jit_compile,
-                  steps_per_execution=config.steps_per_execution)
+                  steps_per_execution=config.execution_steps)
     if config.lr_halve_epochs:
         try:
             LearningRateHalving.check(model.optimizer)
@@ -193,10 +193,11 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
 
 def _callbacks(config: Config, run_dir: str, splits: data.Splits,
                checkpointing: Checkpointing, schedule: loops.Schedule,
-               print_fn: Callable[[str], None]) -> list:
-    """The run's callbacks, in the order they must see each batch: the guards
-    first, so that nothing is written for a step with a NaN loss or after a stop."""
-    callbacks = [NonFiniteLossGuard(), StopOnSignal(on_stop=checkpointing.save)]
+               print_fn: Callable[[str], None], user_callbacks: list) -> list:
+    """The run's callbacks, in the order they must see each batch: the NaN guard
+    first, so that nothing is written for a step with a NaN loss; the signal
+    guard last, so that every other callback has seen the step it stops after."""
+    callbacks = [NonFiniteLossGuard()]
     if config.lr_halve_epochs:
         callbacks.append(LearningRateHalving(config.learning_rate, config.lr_halve_epochs,
                                              config.lr_halve_factor, print_fn))
@@ -218,6 +219,8 @@ def _callbacks(config: Config, run_dir: str, splits: data.Splits,
                   report.higher_is_better(config.monitor),
                   _best_so_far(config, run_dir, schedule.initial_epoch)),
         HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE), schedule.initial_epoch),
+        *user_callbacks,
+        StopOnSignal(on_stop=checkpointing.save),
     ]
     return callbacks
 

@@ -482,7 +482,7 @@ def workdir(tmp_path: Path) -> Path:
 
 PRE_TF_BAD_FLAGS = [
     (["--validation_steps=-1"], ["--validation_steps=-1", "greater than 0"]),
-    (["--steps_per_execution=0"], ["--steps_per_execution=0"]),
+    (["--steps_per_execution=-1"], ["--steps_per_execution=-1"]),
     (["--steps_per_execution=-2"], ["--steps_per_execution=-2"]),
     (["--keep_checkpoints=0"], ["--keep_checkpoints=0"]),
     (["--keep_checkpoints=-1"], ["--keep_checkpoints=-1"]),
