@@ -34,6 +34,7 @@ SYNTHETIC_VALIDATION_FRACTION = 0.2
 _START, _OOV, _FIRST_WORD = 1, 2, 3
 _KEYWORDS_PER_CLASS = 4
 _KEYWORD_SHARE = 0.2
+_CHUNK_ROWS = 2048  # synthetic rows generated at a time
 _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
 
 
@@ -90,7 +91,8 @@ def synthetic(*, num_examples: int, num_words: int, max_len: int, num_classes: i
     Each class owns a few keywords; a sequence is Zipf-distributed filler words
     with about 15% of its tokens drawn from its class's keywords, so a Conv1D
     model learns it within an epoch or two. Lengths vary like newswires and the
-    sequences are pre-padded with 0 and start with the start mark 1.
+    sequences are pre-padded with 0 and start with the start mark 1. Rows are
+    generated in chunks, so memory grows with the data, not with the temporaries.
     """
     rng = np.random.default_rng(seed)
     keywords = rng.choice(np.arange(_FIRST_WORD, num_words), replace=False,
@@ -98,14 +100,18 @@ def synthetic(*, num_examples: int, num_words: int, max_len: int, num_classes: i
                                                  (num_words - _FIRST_WORD) // num_classes)))
     n_total = num_examples + max(1, int(num_examples * SYNTHETIC_VALIDATION_FRACTION))
     labels = rng.integers(0, num_classes, size=n_total).astype(np.int32)
-    filler = _FIRST_WORD + (rng.zipf(1.3, size=(n_total, max_len)) - 1) % (num_words - _FIRST_WORD)
-    keyword_pick = keywords[labels[:, None], rng.integers(0, keywords.shape[1], (n_total, max_len))]
-    tokens = np.where(rng.random((n_total, max_len)) < _KEYWORD_SHARE, keyword_pick, filler)
     lengths = rng.integers(max(2, max_len // 4), max_len + 1, size=n_total)
+    tokens = np.empty((n_total, max_len), dtype=np.int32)
     positions = np.arange(max_len)[None, :]
-    first = max_len - lengths[:, None]
-    tokens = np.where(positions == first, _START, tokens)
-    tokens = np.where(positions < first, 0, tokens).astype(np.int32)
+    for start in range(0, n_total, _CHUNK_ROWS):
+        rows = slice(start, min(start + _CHUNK_ROWS, n_total))
+        shape = (rows.stop - rows.start, max_len)
+        filler = _FIRST_WORD + (rng.zipf(1.3, size=shape) - 1) % (num_words - _FIRST_WORD)
+        keyword_pick = keywords[labels[rows, None], rng.integers(0, keywords.shape[1], shape)]
+        chunk = np.where(rng.random(shape) < _KEYWORD_SHARE, keyword_pick, filler)
+        first = max_len - lengths[rows, None]
+        chunk = np.where(positions == first, _START, chunk)
+        tokens[rows] = np.where(positions < first, 0, chunk)
     return Splits(tokens[:num_examples], labels[:num_examples],
                   tokens[num_examples:], labels[num_examples:], num_classes)
 
