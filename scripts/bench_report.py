@@ -1,0 +1,285 @@
+"""The report of `scripts/bench.py`: ratios, the issue's targets, Markdown and JSON.
+
+Pure functions of the measured records (no TensorFlow until `environment()`).
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REUTERS_TRAIN = 8982
+MODES = ("fit", "train_on_batch", "tape")
+MEMORY_NOTE = (
+    "Peak RSS: each variant runs once more in a fresh subprocess (same settings) "
+    "that reads its own high-water mark VmHWM from /proc/self/status. Not ru_maxrss: "
+    "Linux carries the parent's peak into a child across fork+exec, so a child's "
+    "ru_maxrss is at least the benchmark process's RSS. 'growth' = peak minus the RSS "
+    "after importing TensorFlow and Keras (the harness's own imports count as growth). "
+    "In-process numbers are useless for this: ru_maxrss never decreases, and memory "
+    "freed by one variant is reused by the next. 'RSS ep2->last' = RSS at the end of "
+    "the last epoch minus at the end of epoch 2, in that subprocess.")
+INPROCESS_NOTE = (
+    "Peak RSS (--memory=inprocess): the high-water mark is reset before each run "
+    "(/proc/self/clear_refs) and read after it; growth is relative to the RSS before "
+    "the run, in a process that has already run other variants (only indicative; "
+    "the baselines' data is loaded before, the harness loads its own inside).")
+
+
+def baseline_of(variant: str):
+    """The bare baseline a harness variant is compared with (tape: the bare tape loop)."""
+    if variant.startswith("harness-"):
+        return "bare-" + variant[len("harness-"):].replace("-nolog", "")
+    return None
+
+
+def table_rows(variants, runs, memory) -> dict:
+    rows = {}
+    for v in variants:
+        values = [r["examples_per_second"] for r in runs[v] if r.get("examples_per_second")]
+        rows[v] = {"examples_per_second": {
+            "median": median(values), "min": min(values, default=None),
+            "max": max(values, default=None), "runs": values}}
+        rows[v]["retraces_after_first_epoch"] = max(
+            (r.get("retraces_after_first_epoch") or 0 for r in runs[v]), default=None)
+        rows[v]["traces_first_epoch"] = runs[v][0].get("traces_first_epoch") if runs[v] else None
+        rows[v]["trace_counts_reported"] = runs[v][0].get("trace_counts") if runs[v] else None
+        rows[v]["harness_event_examples_per_second"] = median(
+            [r.get("event_examples_per_second_pooled") for r in runs[v]])
+        mem = memory.get(v) or {}
+        rows[v]["peak_rss_mb"] = mem.get("peak_rss_mb")
+        rows[v]["peak_growth_mb"] = mem.get("peak_growth_mb")
+        rows[v]["rss_growth_ep2_to_last_mb"] = mem.get("rss_growth_ep2_to_last_mb")
+    for v, row in rows.items():
+        med = row["examples_per_second"]["median"]
+        base = baseline_of(v)
+        row["baseline"] = base
+        row["vs_baseline"] = _ratio(med, _get(rows, base))
+        row["vs_baseline_paired"] = _paired(runs, v, base)
+        row["vs_ceiling"] = _ratio(med, _get(rows, "ceiling"))
+        if v.startswith("harness-fit"):
+            row["vs_bare_fit_stream"] = _ratio(med, _get(rows, "bare-fit-stream"))
+        off = _get(rows, v + "-nolog") if v.startswith("harness-") and "nolog" not in v else None
+        row["logging_cost_pct"] = (100 * (1 - med / off)) if med and off else None
+        if base in rows and row["peak_rss_mb"] and rows[base]["peak_rss_mb"]:
+            row["peak_rss_vs_baseline"] = row["peak_rss_mb"] / rows[base]["peak_rss_mb"]
+            if row["peak_growth_mb"] and rows[base]["peak_growth_mb"]:
+                row["peak_growth_vs_baseline"] = (row["peak_growth_mb"]
+                                                  / rows[base]["peak_growth_mb"])
+    return rows
+
+
+def _paired(runs, variant, base):
+    """Per-repeat ratios (the variants of one repeat ran side by side)."""
+    if not base or base not in runs:
+        return None
+    pairs = [a["examples_per_second"] / b["examples_per_second"]
+             for a, b in zip(runs[variant], runs[base])
+             if a.get("examples_per_second") and b.get("examples_per_second")]
+    return {"median": median(pairs), "min": min(pairs), "max": max(pairs)} if pairs else None
+
+
+def targets(rows: dict) -> list:
+    """The issue's targets, checked against this run."""
+    checks = []
+
+    def check(name, value, ok, shown):
+        if value is not None:
+            checks.append({"target": name, "value": value, "pass": bool(ok), "shown": shown})
+
+    for v, goal in (("harness-fit", 1.0), ("harness-train_on_batch", 1.0)):
+        r = rows.get(v, {}).get("vs_baseline")
+        check(f"{v} >= {goal}x {baseline_of(v)}", r, r is not None and r >= goal, fmt(r, 3))
+    r = rows.get("harness-tape", {}).get("vs_ceiling")
+    check("harness-tape >= 0.95x ceiling", r, r is not None and r >= 0.95, fmt(r, 3))
+    for mode in MODES:
+        c = rows.get(f"harness-{mode}", {}).get("logging_cost_pct")
+        check(f"harness-{mode}: default logging costs <= 3%", c, c is not None and c <= 3,
+              f"{fmt(c, 1)}%")
+    for v, row in rows.items():
+        n = row.get("retraces_after_first_epoch")
+        check(f"{v}: no retracing after epoch 1", n, n == 0, str(n))
+    for v, row in rows.items():
+        if v.startswith("harness-") and row.get("peak_rss_vs_baseline"):
+            r = row["peak_rss_vs_baseline"]
+            check(f"{v}: peak RSS <= 1.1x {row['baseline']}", r, r <= 1.1, fmt(r, 3))
+    for v, row in rows.items():
+        g = row.get("rss_growth_ep2_to_last_mb")
+        check(f"{v}: RSS does not grow with epochs (ep2 -> last <= 16 MB)", g,
+              g is not None and g <= 16, f"{fmt(g, 1)} MB")
+    return checks
+
+
+# --- Report -----------------------------------------------------------------------------
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def _get(rows, variant):
+    return rows.get(variant, {}).get("examples_per_second", {}).get("median") if variant else None
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def markdown_main(rows: dict, checks: list) -> str:
+    lines = ["| variant | examples/s (median) | spread (min–max) | vs baseline | vs ceiling | "
+             "logging cost | traces ep1 (train/test) | retraces after ep1 | peak RSS MB "
+             "(growth) | peak RSS vs baseline | RSS ep2→last MB |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v, row in rows.items():
+        eps = row["examples_per_second"]
+        spread = (f"{fmt(eps['min'])}–{fmt(eps['max'])}"
+                  f" (±{50 * (eps['max'] - eps['min']) / eps['median']:.0f}%)"
+                  if eps["median"] else "–")
+        vs = f"{fmt(row['vs_baseline'], 3)} × {row['baseline']}" if row["vs_baseline"] else "–"
+        if row.get("vs_bare_fit_stream"):
+            vs += f"; {fmt(row['vs_bare_fit_stream'], 3)} × bare-fit-stream"
+        cost = f"{row['logging_cost_pct']:+.1f}%" if row["logging_cost_pct"] is not None else "–"
+        t = row.get("traces_first_epoch") or {}
+        traces = f"{t.get('train', '–')}/{t.get('test', '–')}" if t else "–"
+        peak = (f"{fmt(row['peak_rss_mb'])} ({fmt(row['peak_growth_mb'])})"
+                if row["peak_rss_mb"] else
+                (f"({fmt(row['peak_growth_mb'])})" if row["peak_growth_mb"] else "–"))
+        lines.append(f"| {v} | {fmt(eps['median'])} | {spread} | {vs} | "
+                     f"{fmt(row['vs_ceiling'], 3)} | {cost} | {traces} | "
+                     f"{fmt(row['retraces_after_first_epoch'])} | {peak} | "
+                     f"{fmt(row.get('peak_rss_vs_baseline'), 3)} | "
+                     f"{fmt(row['rss_growth_ep2_to_last_mb'], 1)} |")
+    cross = [f"{v} {fmt(row['harness_event_examples_per_second'])} "
+             f"({row['harness_event_examples_per_second'] / row['examples_per_second']['median']:.3f}×)"
+             for v, row in rows.items()
+             if row.get("harness_event_examples_per_second")
+             and row["examples_per_second"]["median"]]
+    if cross:
+        lines += ["", "Cross-check, the harness's own `epoch_examples_per_second` from its event "
+                  "files (epochs ≥ 2 pooled the same way; median over repeats), and its ratio to the "
+                  "bench's figure above: "
+                  + "; ".join(cross) + "."]
+    lines += ["", "| target | measured | result |", "|---|---:|---|"]
+    lines += [f"| {c['target']} | {c['shown']} | {'pass' if c['pass'] else 'FAIL'} |"
+              for c in checks]
+    return "\n".join(lines)
+
+
+def markdown_scaling(kind: str, rows: list) -> str:
+    extra = " data MB |" if kind == "data_scale" else ""
+    lines = [f"| {kind} | variant | examples/s | spread | peak RSS MB | growth MB | "
+             f"RSS at last epoch MB | RSS ep2→last MB | retraces |{extra}",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if extra else "")]
+    for r in rows:
+        lines.append(f"| {r[kind]} | {r['variant']} | {fmt(r['examples_per_second'])} | "
+                     f"{fmt(r['min'])}–{fmt(r['max'])} | {fmt(r['peak_rss_mb'])} | "
+                     f"{fmt(r['peak_growth_mb'])} | {fmt(r['last_epoch_rss_mb'])} | "
+                     f"{fmt(r['rss_growth_ep2_to_last_mb'], 1)} | "
+                     f"{fmt(r['retraces_after_first_epoch'])} |"
+                     + (f" {fmt(r['data_mb'], 1)} |" if extra else ""))
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    import keras
+    import tensorflow as tf
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
+            "git_commit": git("rev-parse", "--short", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--", "harness", "callbacks")),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def _header(args, settings, env, command, loads=()) -> list:
+    data = ("synthetic (--quick)" if args.quick else
+            f"real Reuters ({args.num_examples or REUTERS_TRAIN} train examples, "
+            f"{settings['num_words']} words)")
+    return [f"# Benchmark ({env['date']})", "", f"`{command}`", "",
+            f"TF {env['tensorflow']}, Keras {env['keras']}, Python {env['python']}, "
+            f"{env['cpus']} CPUs; repo {env['git_commit']}"
+            f"{' + uncommitted harness/callbacks changes' if env['git_dirty'] else ''}.", "",
+            f"Data: {data}; batch {settings['batch_size']}, max_len {settings['max_len']}, "
+            f"{settings['epochs']} epochs (the first excluded), {args.repeats} repeats "
+            "interleaved in one process; examples/s = training examples / training seconds "
+            "(epoch begin to the start of validation)."
+            + (f" Harness options: {settings['extra']}." if settings["extra"] else "")
+            + (f" Load average (1 min) at the timed runs: median {median(loads):.1f}, "
+               f"max {max(loads):.1f} on {env['cpus']} CPUs (other processes share them)."
+               if loads else ""), ""]
+
+
+NOTES = [
+    "- bare-*: the model written out with Keras layers (Nadam 1e-3, sparse CE + accuracy), "
+    "tf.data cache→shuffle→batch→prefetch; bare-tape calls a `@tf.function` step from "
+    "`for x, y in ds`; ceiling runs that step in a `tf.range` loop on one in-memory batch "
+    "(one call per epoch, no input pipeline, no Python per step).",
+    "- bare-fit-stream: bare fit on one endless `.repeat()` stream with `steps_per_epoch` "
+    "(like the harness's own input stream): no epoch waits for a new iterator to refill its "
+    "8,982-example shuffle buffer, as the tutorial's bare-fit does at every epoch start.",
+    "- harness-*: `harness.train.train(Config(...))` with default logging (batch scalars "
+    "every 100 steps, histograms every epoch) or `-nolog` (summary_every_steps=0, "
+    "histogram_freq=0). Checkpoints and best.keras are still written at every epoch end "
+    "(outside the timed part). The harness compiles accuracy and top-5 accuracy; the "
+    "baselines accuracy only.",
+    "- vs baseline: harness fit vs bare-fit, train_on_batch vs bare-train_on_batch, tape vs "
+    "bare-tape (and vs ceiling in its own column); ratio of medians (paired per-repeat ratios "
+    "in bench.json). logging cost = 1 − (logging on / logging off).",
+    "- traces: baselines count traces of Keras's train/test step (its Python body runs only "
+    "while tracing) or `experimental_get_tracing_count()` of their tf.functions; the harness "
+    "its own counter (harness.tracing), snapshot at each epoch end.",
+]
+
+
+def write_report(out, args, settings, result, command) -> None:
+    env = environment()
+    loads = [max(r.get("load_average") or [0]) for runs in result.get("main", {}).get(
+        "runs", {}).values() for r in runs]
+    md = _header(args, settings, env, command, loads)
+    if "main" in result:
+        md += ["## Throughput, traces and memory", "", markdown_main(result["main"]["rows"],
+                                                                     result["targets"]), ""]
+        md += [MEMORY_NOTE if args.memory == "subprocess" else INPROCESS_NOTE
+               if args.memory == "inprocess" else "Memory not measured (--memory=off).", ""]
+        md += NOTES + [""]
+    for kind, rows in result.get("scaling", {}).get("tables", {}).items():
+        title = ("Batch-size scaling" if kind == "batch_size" else
+                 "Data-size scaling (synthetic, K × Reuters's 8,982 train examples)")
+        md += [f"## {title}", "", "Each row: fresh subprocesses (one per repeat); peak RSS "
+               "= VmHWM; growth = peak − RSS after importing TF/Keras.", "",
+               markdown_scaling(kind, rows), ""]
+    sources = result.get("harness_sources", {})
+    if sources.get("start") != sources.get("end"):
+        md += ["**Warning:** harness/ or callbacks/ changed during this benchmark "
+               f"({sources.get('start')} -> {sources.get('end')}): in-process runs used the "
+               "code imported first, subprocesses the code of their start.", ""]
+    errors = result.get("main", {}).get("errors", []) + result.get("scaling", {}).get(
+        "errors", [])
+    if errors:
+        md += ["## Failures", ""] + [f"- {e['error']}" for e in errors] + [""]
+    result.update(command=command, settings=settings, environment=env,
+                  memory_method=args.memory)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write("\n".join(md))
+    print("\n".join(md[6:]))
+    print(f"bench: wrote {os.path.join(out, 'bench.json')} and {os.path.join(out, 'bench.md')}")
