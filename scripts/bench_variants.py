@@ -183,13 +183,8 @@ def count_step_traces(model: keras.Model) -> dict:
 # --- Baselines and ceiling --------------------------------------------------------------
 
 
-def bare_fit(data: Data, *, batch_size: int, epochs: int, max_len: int,
-             num_words: int) -> list:
-    keras.utils.set_random_seed(SEED)
-    model = compiled_model(data, max_len, num_words)
-    counts = count_step_traces(model)
-    recorder = Recorder(lambda: counts)
-    n = len(data.x_train)
+def epoch_timer(recorder: "Recorder", n: int) -> keras.callbacks.Callback:
+    """A callback that times `fit`'s epochs (training part) into `recorder`."""
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -201,8 +196,19 @@ def bare_fit(data: Data, *, batch_size: int, epochs: int, max_len: int,
         def on_epoch_end(self, epoch, logs=None):
             recorder.end(n)
 
+    return Timer()
+
+
+def bare_fit(data: Data, *, batch_size: int, epochs: int, max_len: int,
+             num_words: int) -> list:
+    keras.utils.set_random_seed(SEED)
+    model = compiled_model(data, max_len, num_words)
+    counts = count_step_traces(model)
+    recorder = Recorder(lambda: counts)
+    n = len(data.x_train)
+
     model.fit(train_dataset(data, batch_size), epochs=epochs,
-              validation_data=val_dataset(data, batch_size), callbacks=[Timer()], verbose=0,
+              validation_data=val_dataset(data, batch_size), callbacks=[epoch_timer(recorder, n)], verbose=0,
               shuffle=False)  # the dataset shuffles; Keras warns if shuffle=True
     return recorder.epochs
 
@@ -219,18 +225,8 @@ def bare_fit_stream(data: Data, *, batch_size: int, epochs: int, max_len: int,
     stream = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).cache()
               .shuffle(n, seed=SEED).batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            recorder.begin()
-
-        def on_test_begin(self, logs=None):
-            recorder.train_done()
-
-        def on_epoch_end(self, epoch, logs=None):
-            recorder.end(n)
-
     model.fit(stream, epochs=epochs, steps_per_epoch=math.ceil(n / batch_size),
-              validation_data=val_dataset(data, batch_size), callbacks=[Timer()], verbose=0)
+              validation_data=val_dataset(data, batch_size), callbacks=[epoch_timer(recorder, n)], verbose=0)
     return recorder.epochs
 
 
