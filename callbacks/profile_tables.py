@@ -12,6 +12,9 @@ converters behind TensorBoard's Profile tab) and keeps three small tables:
 xprof writes cache files (`ALL_HOSTS.op_stats_v2.pb`, ...) next to the files it
 reads, so the converters run on symlinks in a scratch folder: the capture's own
 folder is never written to, and a stale cache is never read.
+
+xprof is imported only when a capture is converted: it adds ~20 MB to the
+resident memory of every process that imports it, and most runs never profile.
 """
 
 import csv
@@ -24,8 +27,6 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-
-from xprof.convert import raw_to_tool_data
 
 XPLANE_SUFFIX = ".xplane.pb"
 _NO_KERNELS_CPU = "no GPU kernels traced (CPU-only capture)"
@@ -297,6 +298,8 @@ def _link_into(path: Path, folder: Path) -> Path:
 
 def _tool_json(paths: list[str], tool: str, sources: Sequence[str]) -> Any:
     """Runs one xprof tool on `paths` (copies of `sources`) and parses its JSON."""
+    from xprof.convert import raw_to_tool_data  # ~20 MB resident: only when converting
+
     data, _ = raw_to_tool_data.xspace_to_tool_data(paths, tool, {})
     if data is None:
         raise RuntimeError(f"xprof could not build '{tool}' from {', '.join(sources)}")

@@ -158,11 +158,11 @@ class _OnBatchSteps:
     def train(self, iterator, count: int) -> Logs:
         del count  # always 1: train_on_batch trains one batch per call
         x, y = next(iterator)
-        return self._add(int(_batch_size(x)), self.model.train_on_batch(x, y, return_dict=True))
+        return self._add(_eager_batch_size(x), self.model.train_on_batch(x, y, return_dict=True))
 
     def test(self, iterator) -> Logs:
         x, y = next(iterator)
-        return self._add(int(_batch_size(x)), self.model.test_on_batch(x, y, return_dict=True))
+        return self._add(_eager_batch_size(x), self.model.test_on_batch(x, y, return_dict=True))
 
     def _add(self, size: int, logs: Logs) -> Logs:
         """Adds one batch's values; returns the running averages, as `fit` logs them."""
@@ -253,7 +253,12 @@ class _TapeSteps:
 
 
 def _batch_size(x):
-    """The number of examples in a batch of single or multiple inputs."""
+    """The number of examples in a batch of single or multiple inputs, in a graph."""
     return tf.shape(tf.nest.flatten(x)[0])[0]
+
+
+def _eager_batch_size(x) -> int:
+    """The number of examples in an eager batch, from its static shape (no op, no sync)."""
+    return len(tf.nest.flatten(x)[0])
 
 
