@@ -44,7 +44,7 @@ class Config:
     num_words: int = 10000
     max_len: int = 300
     num_classes: Optional[int] = None
-    num_examples: int = 8982
+    num_examples: Optional[int] = None  # synthetic: data.SYNTHETIC_EXAMPLES; else all
     epochs: int = 10
     batch_size: int = 32
     steps_per_epoch: Optional[int] = None
@@ -89,10 +89,9 @@ class Config:
             raise UsageError(
                 f"--model={self.model!r} is not allowed: use one of "
                 f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'")
-        for name in ("num_words", "max_len", "epochs", "batch_size", "num_examples",
-                     "keep_checkpoints"):
+        for name in ("num_words", "max_len", "epochs", "batch_size", "keep_checkpoints"):
             _positive(name, getattr(self, name))
-        for name in ("steps_per_epoch", "validation_steps", "clip_norm"):
+        for name in ("num_examples", "steps_per_epoch", "validation_steps", "clip_norm"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         for name in ("learning_rate", "lr_halve_factor"):

@@ -29,7 +29,8 @@ import tensorflow as tf
 from harness.config import DATA_FILES, check_data_dir, data_file_hint
 from harness.errors import HarnessError, UsageError
 
-# Validation split of the synthetic data, like Reuters's 8982/2246.
+# Default size and validation split of the synthetic data, like Reuters's 8982/2246.
+SYNTHETIC_EXAMPLES = 8982
 SYNTHETIC_VALIDATION_FRACTION = 0.2
 _START, _OOV, _FIRST_WORD = 1, 2, 3
 _KEYWORDS_PER_CLASS = 4
@@ -69,24 +70,36 @@ def num_examples(x) -> int:
 
 
 def load(dataset: str, *, num_words: int, max_len: int, seed: int,
-         num_classes: int, num_examples: int, data_dir: Optional[str]) -> Splits:
+         num_classes: int, num_examples: Optional[int], data_dir: Optional[str]) -> Splits:
     """Loads `dataset` and pads it to `max_len`.
 
+    `num_examples`: for synthetic data, how many training examples to generate
+    (default SYNTHETIC_EXAMPLES); for reuters/imdb, keep only the first this
+    many of the training split (the loaders shuffle it with `seed`, so they are
+    a random subset); the validation split is always whole.
+
     Raises:
-        UsageError: the data file is missing, corrupt or fails its hash check.
+        UsageError: the data file is missing, corrupt or fails its hash check,
+            or `num_examples` is more than the training split holds.
     """
     if dataset == "synthetic":
         return synthetic(num_examples=num_examples, num_words=num_words,
                          max_len=max_len, num_classes=num_classes, seed=seed)
     (x_train, y_train), (x_val, y_val) = _load_keras_dataset(
         dataset, data_dir, num_words=num_words, seed=seed)
-    return Splits(_pad(x_train, max_len), y_train.astype(np.int32),
+    if num_examples and num_examples > len(x_train):
+        raise UsageError(f"--num_examples={num_examples} is not allowed: {dataset} has "
+                         f"{len(x_train)} training examples; use at most that, or leave "
+                         "it unset for all of them")
+    keep = slice(None, num_examples)
+    return Splits(_pad(x_train[keep], max_len), y_train[keep].astype(np.int32),
                   _pad(x_val, max_len), y_val.astype(np.int32), num_classes)
 
 
-def synthetic(*, num_examples: int, num_words: int, max_len: int, num_classes: int,
-              seed: int) -> Splits:
-    """Reuters-shaped token sequences whose label is carried by keywords.
+def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int,
+              num_classes: int, seed: int) -> Splits:
+    """Reuters-shaped token sequences whose label is carried by keywords:
+    `num_examples` (default SYNTHETIC_EXAMPLES) for training, 20% more for validation.
 
     Each class owns a few keywords; a sequence is Zipf-distributed filler words
     with about 15% of its tokens drawn from its class's keywords, so a Conv1D
@@ -94,6 +107,7 @@ def synthetic(*, num_examples: int, num_words: int, max_len: int, num_classes: i
     sequences are pre-padded with 0 and start with the start mark 1. Rows are
     generated in chunks, so memory grows with the data, not with the temporaries.
     """
+    num_examples = num_examples or SYNTHETIC_EXAMPLES
     rng = np.random.default_rng(seed)
     keywords = rng.choice(np.arange(_FIRST_WORD, num_words), replace=False,
                           size=(num_classes, min(_KEYWORDS_PER_CLASS,

@@ -6,6 +6,8 @@ Everything the task needs lives here: the model, its offline synthetic data
 (whose targets really depend on the inputs), and its losses and metrics.
 """
 
+from typing import Optional
+
 import keras
 import numpy as np
 from keras import layers
@@ -46,7 +48,7 @@ def build(max_len: int, num_departments: int, num_words: int) -> keras.Model:
                        {"priority": priority, "department": department}, name="multi_io")
 
 
-def synthetic(*, num_examples: int, num_words: int, max_len: int, num_departments: int,
+def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int, num_departments: int,
               seed: int) -> data.Splits:
     """Tickets whose department is carried by keywords in the title and body (as in
     the single-input synthetic data) and whose priority is set by urgent tags (an

@@ -32,7 +32,9 @@ flags.DEFINE_integer("max_len", _D.max_len, "Sequence length after padding/trunc
 flags.DEFINE_integer("num_classes", _D.num_classes,
                      "Synthetic data only: classes (default 46; 2 = binary task)")
 flags.DEFINE_integer("num_examples", _D.num_examples,
-                     "Synthetic data only: training examples (+20% for validation)")
+                     "Training examples: synthetic data generates this many (default 8982, "
+                     "+20% for validation); reuters/imdb keep the first N of the shuffled "
+                     "training split (default all)")
 flags.DEFINE_integer("epochs", _D.epochs, "Epochs to train (in total, when resuming)")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size")
 flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch,

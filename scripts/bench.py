@@ -66,7 +66,7 @@ def parse_args(argv):
         help="epochs per run, >= 2: the first is excluded (default 3)")
     add("--repeats", type=int, default=None, help="repeats of every variant (default 3)")
     add("--num_examples", type=int, default=None,
-        help="use the first N Reuters training examples (harness: ceil(N/batch) steps/epoch)")
+        help="use the first N Reuters training examples (the harness with --num_examples=N)")
     add("--batch_size", type=int, default=32)
     add("--max_len", type=int, default=None, help="default 300")
     add("--num_words", type=int, default=10000)

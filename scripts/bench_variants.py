@@ -428,12 +428,8 @@ def run_harness(mode: str, *, logging: bool, dataset: str, data_dir: Optional[st
                    logdir=logdir, run_name=run_name, verbose=0, seed=SEED,
                    summary_every_steps=100 if logging else 0,
                    histogram_freq=1 if logging else 0)
-    n_full = REUTERS_TRAIN
-    if dataset == "synthetic":
-        options["num_examples"] = n_full = num_examples
-    elif num_examples and num_examples < REUTERS_TRAIN:
-        # --num_examples is not applied to Reuters by the harness: shorten the epochs.
-        options["steps_per_epoch"] = math.ceil(num_examples / batch_size)
+    options["num_examples"] = num_examples  # Reuters: the first N, like load_reuters
+    n_full = num_examples or REUTERS_TRAIN
     options.update(extra or {})
     config = Config(**options)
     steps = config.steps_per_epoch or math.ceil(n_full / batch_size)

@@ -74,6 +74,8 @@ BAD_FLAGS = [
     (["--validation_steps=0"], ["--validation_steps=0"]),
     (["--clip_norm=-1"], ["--clip_norm=-1"]),
     (["--num_words=0"], ["--num_words=0"]),
+    (["--num_examples=0"], ["--num_examples=0"]),
+    (["--num_examples=-5", "--dataset=reuters"], ["--num_examples=-5"]),
     (["--max_len=0"], ["--max_len=0"]),
     (["--model=functional", "--max_len=40"], ["--max_len=40", "functional", "55"]),
     (["--num_classes=1"], ["--num_classes=1"]),

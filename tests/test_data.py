@@ -164,9 +164,9 @@ def test_steps_for():
 # --- The real Reuters file -------------------------------------------------------------------
 
 
-def _load_reuters(data_dir, max_len=100):
+def _load_reuters(data_dir, max_len=100, num_examples=None):
     return data.load("reuters", num_words=10000, max_len=max_len, seed=42, num_classes=46,
-                     num_examples=0, data_dir=str(data_dir))
+                     num_examples=num_examples, data_dir=str(data_dir))
 
 
 def test_reuters_loads_from_data_dir(shared_data, reuters_npz):
@@ -193,7 +193,7 @@ def test_reuters_loads_from_data_dir(shared_data, reuters_npz):
 
 def test_reuters_end_to_end(shared_data, reuters_npz, make_config, run_train, load_json):
     config = make_config(mode="tape", dataset="reuters", data_dir=str(shared_data),
-                         max_len=100, num_words=10000, steps_per_epoch=5,
+                         num_examples=None, max_len=100, num_words=10000, steps_per_epoch=5,
                          validation_steps=2, epochs=2, run_name="reuters")
     result, lines = run_train(config)
     run_dir = Path(result.run_dir)
@@ -205,6 +205,34 @@ def test_reuters_end_to_end(shared_data, reuters_npz, make_config, run_train, lo
     assert flags["dataset"] == "reuters" and flags["data_dir"] == str(shared_data)
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("ckpt-10")
     assert "8982 train / 2246 validation" in "\n".join(lines)
+
+
+def test_num_examples_keeps_the_first_reuters_training_examples(shared_data, reuters_npz):
+    whole = _load_reuters(shared_data, max_len=50)
+    subset = _load_reuters(shared_data, max_len=50, num_examples=300)
+    np.testing.assert_array_equal(subset.x_train, whole.x_train[:300])
+    np.testing.assert_array_equal(subset.y_train, whole.y_train[:300])
+    np.testing.assert_array_equal(subset.x_val, whole.x_val)  # validation stays whole
+    assert len(set(subset.y_train)) > 20  # the loader's seeded shuffle: a mix of topics
+
+
+def test_a_reuters_subset_trains_on_its_own_steps(shared_data, reuters_npz, make_config,
+                                                  run_train, load_json):
+    config = make_config(mode="fit", dataset="reuters", data_dir=str(shared_data),
+                         num_examples=300, max_len=50, validation_steps=1, run_name="subset")
+    result, lines = run_train(config)
+    assert "300 train / 2246 validation" in "\n".join(lines)
+    checkpoint = tf.train.latest_checkpoint(str(Path(result.run_dir) / "checkpoints"))
+    assert checkpoint.endswith("ckpt-10")  # ceil(300 / 32) steps in its one epoch
+    assert load_json(Path(result.run_dir) / "flags.json")["num_examples"] == 300
+
+
+def test_num_examples_beyond_the_training_split_is_a_clear_error(
+        shared_data, reuters_npz, make_config, run_train, logdir):
+    with pytest.raises(UsageError, match=r"--num_examples=9000 is not allowed: reuters has "
+                                         r"8982 training examples"):
+        run_train(make_config(dataset="reuters", data_dir=str(shared_data), num_examples=9000))
+    assert not logdir.exists()
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, make_config, run_train, logdir):
