@@ -61,10 +61,15 @@ def table_rows(variants, runs, memory) -> dict:
         row["vs_baseline"] = _ratio(med, _get(rows, base))
         row["vs_baseline_paired"] = _paired(runs, v, base)
         row["vs_ceiling"] = _ratio(med, _get(rows, "ceiling"))
+        row["vs_ceiling_paired"] = _paired(runs, v, "ceiling") if v != "ceiling" else None
         if v.startswith("harness-fit"):
             row["vs_bare_fit_stream"] = _ratio(med, _get(rows, "bare-fit-stream"))
-        off = _get(rows, v + "-nolog") if v.startswith("harness-") and "nolog" not in v else None
+        nolog = v + "-nolog" if v.startswith("harness-") and "nolog" not in v else None
+        off = _get(rows, nolog)
         row["logging_cost_pct"] = (100 * (1 - med / off)) if med and off else None
+        paired_off = _paired(runs, v, nolog)
+        row["logging_cost_paired_pct"] = (100 * (1 - paired_off["median"])
+                                          if paired_off else None)
         if base in rows and row["peak_rss_mb"] and rows[base]["peak_rss_mb"]:
             row["peak_rss_vs_baseline"] = row["peak_rss_mb"] / rows[base]["peak_rss_mb"]
             if row["peak_growth_mb"] and rows[base]["peak_growth_mb"]:
@@ -84,22 +89,38 @@ def _paired(runs, variant, base):
 
 
 def targets(rows: dict) -> list:
-    """The issue's targets, checked against this run."""
+    """The issue's targets, checked against this run.
+
+    Throughput targets are judged on the median of the per-repeat (paired)
+    ratios, where both variants ran side by side, which is less sensitive to a
+    machine whose speed drifts during the run than the ratio of the medians;
+    both are shown.
+    """
     checks = []
 
     def check(name, value, ok, shown):
         if value is not None:
             checks.append({"target": name, "value": value, "pass": bool(ok), "shown": shown})
 
+    def ratio(row, key):
+        """(judged value, shown text): the paired median, else the ratio of medians."""
+        paired, plain = (row.get(f"{key}_paired") or {}).get("median"), row.get(key)
+        if paired is None:
+            return plain, fmt(plain, 3)
+        return paired, f"{fmt(paired, 3)} paired ({fmt(plain, 3)} of medians)"
+
     for v, goal in (("harness-fit", 1.0), ("harness-train_on_batch", 1.0)):
-        r = rows.get(v, {}).get("vs_baseline")
-        check(f"{v} >= {goal}x {baseline_of(v)}", r, r is not None and r >= goal, fmt(r, 3))
-    r = rows.get("harness-tape", {}).get("vs_ceiling")
-    check("harness-tape >= 0.95x ceiling", r, r is not None and r >= 0.95, fmt(r, 3))
+        r, shown = ratio(rows.get(v, {}), "vs_baseline")
+        check(f"{v} >= {goal}x {baseline_of(v)}", r, r is not None and r >= goal, shown)
+    r, shown = ratio(rows.get("harness-tape", {}), "vs_ceiling")
+    check("harness-tape >= 0.95x ceiling", r, r is not None and r >= 0.95, shown)
     for mode in MODES:
-        c = rows.get(f"harness-{mode}", {}).get("logging_cost_pct")
-        check(f"harness-{mode}: default logging costs <= 3%", c, c is not None and c <= 3,
-              f"{fmt(c, 1)}%")
+        row = rows.get(f"harness-{mode}", {})
+        c, plain = row.get("logging_cost_paired_pct"), row.get("logging_cost_pct")
+        shown = f"{fmt(c, 1)}% paired ({fmt(plain, 1)}% of medians)"
+        if c is None:
+            c, shown = plain, f"{fmt(plain, 1)}%"
+        check(f"harness-{mode}: default logging costs <= 3%", c, c is not None and c <= 3, shown)
     for v, row in rows.items():
         n = row.get("retraces_after_first_epoch")
         check(f"{v}: no retracing after epoch 1", n, n == 0, str(n))
@@ -241,8 +262,10 @@ NOTES = [
     "(outside the timed part). The harness compiles accuracy and top-5 accuracy; the "
     "baselines accuracy only.",
     "- vs baseline: harness fit vs bare-fit, train_on_batch vs bare-train_on_batch, tape vs "
-    "bare-tape (and vs ceiling in its own column); ratio of medians (paired per-repeat ratios "
-    "in bench.json). logging cost = 1 − (logging on / logging off).",
+    "bare-tape (and vs ceiling in its own column); ratio of medians. logging cost = 1 − "
+    "(logging on / logging off). The targets below are judged on the median of the "
+    "per-repeat ratios (the two variants ran side by side in each repeat), which a machine "
+    "whose speed drifts affects less; both figures are shown there and saved in bench.json.",
     "- traces: baselines count traces of Keras's train/test step (its Python body runs only "
     "while tracing) or `experimental_get_tracing_count()` of their tf.functions; the harness "
     "its own counter (harness.tracing), snapshot at each epoch end.",
