@@ -9,7 +9,7 @@ Usage, from the repository root:
     python scripts/bench.py --data_scale 1,2,4,8            # data-size scaling table
 
 Throughput: every variant trains in this one process, the variants interleaved
-(rotated each repeat) and repeated; examples/s is measured over whole epochs
+(in a new seeded random order each repeat) and repeated; examples/s is measured over whole epochs
 after the first (which traces and compiles), training time only (epoch begin to
 the start of validation, as the harness's `epoch_examples_per_second` counts it).
 Memory (--memory=subprocess, the default): each variant runs once more in a fresh
@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -220,9 +221,11 @@ def _wait_for_load(max_load) -> None:
 def _summarize(record: dict) -> dict:
     epochs = record["epochs"]
     later = epochs[1:]
-    seconds = sum(e["train_seconds"] for e in later)
-    record["examples_per_second"] = (sum(e["examples"] for e in later) / seconds
-                                     if later and seconds > 0 else None)
+    examples = sum(e["examples"] for e in later)
+    for key, seconds_key in (("examples_per_second", "train_seconds"),
+                             ("examples_per_cpu_second", "train_cpu_seconds")):
+        seconds = sum(e.get(seconds_key, 0) for e in later)
+        record[key] = examples / seconds if later and seconds > 0 else None
     if epochs:
         first, last = epochs[0]["traces"], epochs[-1]["traces"]
         record["traces_first_epoch"] = first
@@ -318,8 +321,8 @@ def main_table(args, settings: dict, out: str, log) -> dict:
     errors: list = []
     logdir = os.path.join(out, "runs")
     for repeat in range(args.repeats):
-        shift = repeat % len(args.variants)
-        for variant in args.variants[shift:] + args.variants[:shift]:
+        # A new seeded order every repeat: no variant always runs right after the same one.
+        for variant in random.Random(repeat).sample(args.variants, len(args.variants)):
             keras.backend.clear_session()
             gc.collect()
             before = bv.memory_mb()["rss"]

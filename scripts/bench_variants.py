@@ -11,7 +11,8 @@
 Every variant returns the same record, one entry per epoch: the training
 examples of the epoch, its training seconds (epoch begin to the start of
 validation, as the harness's own `epoch_examples_per_second` counts them), the
-trace counts so far and the resident memory at the epoch's end.
+CPU seconds this process spent in that time (all its threads), the trace
+counts so far and the resident memory at the epoch's end.
 
 Import this module only after KERAS_HOME is set: Keras reads it at import.
 """
@@ -151,16 +152,18 @@ class Recorder:
         self._begin = self._train_end = None
 
     def begin(self) -> None:
-        self._begin, self._train_end = time.perf_counter(), None
+        self._begin, self._train_end = (time.perf_counter(), time.process_time()), None
 
     def train_done(self) -> None:
         if self._train_end is None:
-            self._train_end = time.perf_counter()
+            self._train_end = (time.perf_counter(), time.process_time())
 
     def end(self, examples: int) -> None:
         self.train_done()
+        (wall, cpu), (wall_end, cpu_end) = self._begin, self._train_end
         self.epochs.append({"examples": int(examples),
-                            "train_seconds": self._train_end - self._begin,
+                            "train_seconds": wall_end - wall,
+                            "train_cpu_seconds": cpu_end - cpu,
                             "traces": dict(self.traces() or {}),
                             "rss_mb": memory_mb()["rss"]})
 
