@@ -44,6 +44,7 @@ def table_rows(variants, runs, memory) -> dict:
         rows[v] = {"examples_per_second": {
             "median": median(values), "min": min(values, default=None),
             "max": max(values, default=None), "runs": values}}
+        rows[v]["examples_per_second_fast"] = fast_epochs(runs[v])
         rows[v]["examples_per_cpu_second"] = median(
             [r.get("examples_per_cpu_second") for r in runs[v]])
         rows[v]["retraces_after_first_epoch"] = max(
@@ -64,6 +65,9 @@ def table_rows(variants, runs, memory) -> dict:
         row["vs_baseline_paired"] = _paired(runs, v, base)
         row["vs_ceiling"] = _ratio(med, _get(rows, "ceiling"))
         row["vs_ceiling_paired"] = _paired(runs, v, "ceiling") if v != "ceiling" else None
+        fast = row["examples_per_second_fast"]
+        row["vs_baseline_fast"] = _ratio(fast, _get(rows, base, "examples_per_second_fast"))
+        row["vs_ceiling_fast"] = _ratio(fast, _get(rows, "ceiling", "examples_per_second_fast"))
         cpu = row["examples_per_cpu_second"]
         row["cpu_vs_baseline"] = _ratio(cpu, _get(rows, base, "examples_per_cpu_second"))
         row["cpu_vs_ceiling"] = _ratio(cpu, _get(rows, "ceiling", "examples_per_cpu_second"))
@@ -75,12 +79,31 @@ def table_rows(variants, runs, memory) -> dict:
         paired_off = _paired(runs, v, nolog)
         row["logging_cost_paired_pct"] = (100 * (1 - paired_off["median"])
                                           if paired_off else None)
+        fast_off = _get(rows, nolog, "examples_per_second_fast")
+        row["logging_cost_fast_pct"] = 100 * (1 - fast / fast_off) if fast and fast_off else None
         if base in rows and row["peak_rss_mb"] and rows[base]["peak_rss_mb"]:
             row["peak_rss_vs_baseline"] = row["peak_rss_mb"] / rows[base]["peak_rss_mb"]
             if row["peak_growth_mb"] and rows[base]["peak_growth_mb"]:
                 row["peak_growth_vs_baseline"] = (row["peak_growth_mb"]
                                                   / rows[base]["peak_growth_mb"])
     return rows
+
+
+FAST_PERCENTILE = 90
+
+
+def fast_epochs(records) -> float:
+    """The 90th percentile of the examples/s of single timed epochs, pooled over repeats.
+
+    This machine's noise is one-sided: it flips between a fast and a slow state
+    every few seconds (the same steps take ~2.4 or ~3.2 ms), so a variant's
+    epochs that ran entirely in the fast state tell what its work costs.
+    """
+    rates = sorted(e["examples"] / e["train_seconds"] for r in records
+                   for e in r.get("epochs", [])[1:] if e.get("train_seconds"))
+    if not rates:
+        return None
+    return rates[min(len(rates) - 1, round(FAST_PERCENTILE / 100 * (len(rates) - 1)))]
 
 
 def _paired(runs, variant, base):
@@ -110,9 +133,10 @@ def targets(rows: dict) -> list:
     def ratio(row, key):
         """(judged value, shown text): the paired median, else the ratio of medians."""
         paired, plain = (row.get(f"{key}_paired") or {}).get("median"), row.get(key)
+        fast = f"; {fmt(row.get(f'{key}_fast'), 3)} fast epochs"
         if paired is None:
-            return plain, fmt(plain, 3)
-        return paired, f"{fmt(paired, 3)} paired ({fmt(plain, 3)} of medians)"
+            return plain, fmt(plain, 3) + fast
+        return paired, f"{fmt(paired, 3)} paired ({fmt(plain, 3)} of medians{fast})"
 
     for v, goal in (("harness-fit", 1.0), ("harness-train_on_batch", 1.0)):
         r, shown = ratio(rows.get(v, {}), "vs_baseline")
@@ -122,7 +146,8 @@ def targets(rows: dict) -> list:
     for mode in MODES:
         row = rows.get(f"harness-{mode}", {})
         c, plain = row.get("logging_cost_paired_pct"), row.get("logging_cost_pct")
-        shown = f"{fmt(c, 1)}% paired ({fmt(plain, 1)}% of medians)"
+        shown = (f"{fmt(c, 1)}% paired ({fmt(plain, 1)}% of medians; "
+                 f"{fmt(row.get('logging_cost_fast_pct'), 1)}% fast epochs)")
         if c is None:
             c, shown = plain, f"{fmt(plain, 1)}%"
         check(f"harness-{mode}: default logging costs <= 3%", c, c is not None and c <= 3, shown)
@@ -276,6 +301,10 @@ NOTES = [
     "(logging on / logging off). The targets below are judged on the median of the "
     "per-repeat ratios (the two variants ran side by side in each repeat), which a machine "
     "whose speed drifts affects less; both figures are shown there and saved in bench.json.",
+    f"- fast epochs: the {FAST_PERCENTILE}th percentile of single epochs' examples/s over all "
+    "repeats. This machine flips between a fast and a slow state every few seconds (the same "
+    "steps take ~2.4 or ~3.2 ms), so the noise only ever slows a variant down; its fastest "
+    "epochs show what its work costs. Shown beside the judged figure in the targets.",
     "- examples per CPU-s: training examples / CPU seconds of the whole process (all threads) "
     "in the timed part: what the work costs rather than how fast it ran (a loop that keeps "
     "more threads busy for the same speed shows here). On this machine it falls with the "
