@@ -209,12 +209,17 @@ def epoch_timer(recorder: "Recorder", n: int) -> keras.callbacks.Callback:
     return Timer()
 
 
-def bare_fit(data: Data, *, batch_size: int, epochs: int, max_len: int,
-             num_words: int) -> list:
+def _keras_baseline(data: Data, max_len: int, num_words: int) -> tuple:
+    """A seeded, compiled bare model and a recorder that snapshots its step traces."""
     keras.utils.set_random_seed(SEED)
     model = compiled_model(data, max_len, num_words)
     counts = count_step_traces(model)
-    recorder = Recorder(lambda: counts)
+    return model, Recorder(lambda: counts)
+
+
+def bare_fit(data: Data, *, batch_size: int, epochs: int, max_len: int,
+             num_words: int) -> list:
+    model, recorder = _keras_baseline(data, max_len, num_words)
     n = len(data.x_train)
 
     model.fit(train_dataset(data, batch_size), epochs=epochs,
@@ -227,10 +232,7 @@ def bare_fit_stream(data: Data, *, batch_size: int, epochs: int, max_len: int,
                     num_words: int) -> list:
     """`fit` on one endless stream (`.repeat()`, `steps_per_epoch`): one iterator for
     the whole run, so no epoch waits for a fresh iterator to refill its shuffle buffer."""
-    keras.utils.set_random_seed(SEED)
-    model = compiled_model(data, max_len, num_words)
-    counts = count_step_traces(model)
-    recorder = Recorder(lambda: counts)
+    model, recorder = _keras_baseline(data, max_len, num_words)
     n = len(data.x_train)
     stream = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).cache()
               .shuffle(n, seed=SEED).batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
@@ -242,10 +244,7 @@ def bare_fit_stream(data: Data, *, batch_size: int, epochs: int, max_len: int,
 
 def bare_train_on_batch(data: Data, *, batch_size: int, epochs: int, max_len: int,
                         num_words: int) -> list:
-    keras.utils.set_random_seed(SEED)
-    model = compiled_model(data, max_len, num_words)
-    counts = count_step_traces(model)
-    recorder = Recorder(lambda: counts)
+    model, recorder = _keras_baseline(data, max_len, num_words)
     train, validation = train_dataset(data, batch_size), val_dataset(data, batch_size)
     for _ in range(epochs):
         recorder.begin()
