@@ -7,6 +7,7 @@ with the same `logs` keys, and leaves the per-epoch history on the model's
 and differ only in how one batch is trained and evaluated.
 """
 
+import contextlib
 import dataclasses
 from typing import Callable, Optional
 
@@ -59,7 +60,8 @@ def run(mode: str, model: keras.Model, train: Callable[[int], tf.data.Dataset],
     if mode == "fit":
         _fit(model, train, validation, callbacks, schedule)
     elif mode == "train_on_batch":
-        _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
+        with _compiled_metric_resets(model):
+            _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
     elif mode == "tape":
         steps = _TapeSteps(model, jit_compile)
         _manual_loop(model, steps, train, validation, callbacks, schedule)
@@ -131,6 +133,31 @@ def _evaluate(steps, validation, callbacks) -> Logs:
     logs = steps.result()
     callbacks.on_test_end(logs)
     return {f"val_{name}": value for name, value in logs.items()}
+
+
+@contextlib.contextmanager
+def _compiled_metric_resets(model: keras.Model):
+    """Lets `train_on_batch` / `test_on_batch` reset the metrics in one compiled call.
+
+    Keras 3 resets every metric at the start of each `*_on_batch` call, one
+    eager assign per metric variable: ~210 µs of a ~2.4 ms Reuters step here.
+    A `tf.function` doing the same assigns takes ~50 µs. The first reset stays
+    eager: without a strategy Keras builds the compiled metrics when the train
+    function first traces, right after that reset. The model gets its own
+    method back when the loop ends.
+    """
+    eager_reset = model.reset_metrics
+    compiled_reset = tf.function(eager_reset)
+
+    def first_reset():
+        eager_reset()
+        model.reset_metrics = compiled_reset  # every metric exists from the next call on
+
+    model.reset_metrics = first_reset
+    try:
+        yield
+    finally:
+        del model.reset_metrics  # the class's method again
 
 
 class _OnBatchSteps:

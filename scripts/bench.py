@@ -226,6 +226,9 @@ def _summarize(record: dict) -> dict:
                              ("examples_per_cpu_second", "train_cpu_seconds")):
         seconds = sum(e.get(seconds_key, 0) for e in later)
         record[key] = examples / seconds if later and seconds > 0 else None
+    if later:
+        record["gc_seconds"] = sum(e.get("gc_seconds", 0) for e in later)
+        record["full_collections"] = sum(e.get("full_collections", 0) for e in later)
     if epochs:
         first, last = epochs[0]["traces"], epochs[-1]["traces"]
         record["traces_first_epoch"] = first

@@ -47,6 +47,10 @@ def table_rows(variants, runs, memory) -> dict:
         rows[v]["examples_per_second_fast"] = fast_epochs(runs[v])
         rows[v]["examples_per_cpu_second"] = median(
             [r.get("examples_per_cpu_second") for r in runs[v]])
+        timed_epochs = sum(max(0, len(r.get("epochs", [])) - 1) for r in runs[v])
+        rows[v]["gc_ms_per_epoch"] = (1000 * sum(r.get("gc_seconds", 0) for r in runs[v])
+                                      / timed_epochs if timed_epochs else None)
+        rows[v]["full_collections"] = sum(r.get("full_collections", 0) for r in runs[v])
         rows[v]["retraces_after_first_epoch"] = max(
             (r.get("retraces_after_first_epoch") or 0 for r in runs[v]), default=None)
         rows[v]["traces_first_epoch"] = runs[v][0].get("traces_first_epoch") if runs[v] else None
@@ -192,9 +196,10 @@ def fmt(value, digits=0):
 def markdown_main(rows: dict, checks: list) -> str:
     lines = ["| variant | examples/s (median) | spread (min–max) | vs baseline | vs ceiling | "
              "logging cost | examples per CPU-s (vs baseline; vs ceiling) | "
+             "GC ms per timed epoch (full collections) | "
              "traces ep1 (train/test) | retraces after ep1 | peak RSS MB "
              "(growth) | peak RSS vs baseline | RSS ep2→last MB |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v, row in rows.items():
         eps = row["examples_per_second"]
         spread = (f"{fmt(eps['min'])}–{fmt(eps['max'])}"
@@ -211,8 +216,9 @@ def markdown_main(rows: dict, checks: list) -> str:
                 (f"({fmt(row['peak_growth_mb'])})" if row["peak_growth_mb"] else "–"))
         cpu = (f"{fmt(row['examples_per_cpu_second'])} ({fmt(row['cpu_vs_baseline'], 3)}; "
                f"{fmt(row['cpu_vs_ceiling'], 3)})")
+        collections = f"{fmt(row['gc_ms_per_epoch'], 1)} ({row['full_collections']})"
         lines.append(f"| {v} | {fmt(eps['median'])} | {spread} | {vs} | "
-                     f"{fmt(row['vs_ceiling'], 3)} | {cost} | {cpu} | {traces} | "
+                     f"{fmt(row['vs_ceiling'], 3)} | {cost} | {cpu} | {collections} | {traces} | "
                      f"{fmt(row['retraces_after_first_epoch'])} | {peak} | "
                      f"{fmt(row.get('peak_rss_vs_baseline'), 3)} | "
                      f"{fmt(row['rss_growth_ep2_to_last_mb'], 1)} |")

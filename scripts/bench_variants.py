@@ -11,13 +11,15 @@
 Every variant returns the same record, one entry per epoch: the training
 examples of the epoch, its training seconds (epoch begin to the start of
 validation, as the harness's own `epoch_examples_per_second` counts them), the
-CPU seconds this process spent in that time (all its threads), the trace
+CPU seconds this process spent in that time (all its threads), the seconds
+Python's garbage collector ran in it and its full collections, the trace
 counts so far and the resident memory at the epoch's end.
 
 Import this module only after KERAS_HOME is set: Keras reads it at import.
 """
 
 import contextlib
+import gc
 import inspect
 import math
 import os
@@ -150,6 +152,26 @@ def compiled_model(data: Data, max_len: int, num_words: int) -> keras.Model:
 # --- Recording --------------------------------------------------------------------------
 
 
+class GarbageCollections:
+    """The seconds this process has spent in Python's garbage collector so far,
+    and how many of its collections were full ones (generation 2)."""
+
+    def __init__(self):
+        self.seconds, self.full, self._start = 0.0, 0, None
+        gc.callbacks.append(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self.full += info["generation"] == 2
+            self._start = None
+
+
+COLLECTIONS = GarbageCollections()
+
+
 class Recorder:
     """Times epochs and takes a snapshot of traces and memory at each epoch end."""
 
@@ -158,19 +180,26 @@ class Recorder:
         self.epochs: list = []
         self._begin = self._train_end = None
 
+    @staticmethod
+    def _clocks() -> tuple:
+        return (time.perf_counter(), time.process_time(), COLLECTIONS.seconds,
+                COLLECTIONS.full)
+
     def begin(self) -> None:
-        self._begin, self._train_end = (time.perf_counter(), time.process_time()), None
+        self._begin, self._train_end = self._clocks(), None
 
     def train_done(self) -> None:
         if self._train_end is None:
-            self._train_end = (time.perf_counter(), time.process_time())
+            self._train_end = self._clocks()
 
     def end(self, examples: int) -> None:
         self.train_done()
-        (wall, cpu), (wall_end, cpu_end) = self._begin, self._train_end
+        wall, cpu, gc_seconds, full = (b - a for a, b in zip(self._begin, self._train_end))
         self.epochs.append({"examples": int(examples),
-                            "train_seconds": wall_end - wall,
-                            "train_cpu_seconds": cpu_end - cpu,
+                            "train_seconds": wall,
+                            "train_cpu_seconds": cpu,
+                            "gc_seconds": gc_seconds,
+                            "full_collections": full,
                             "traces": dict(self.traces() or {}),
                             "rss_mb": memory_mb()["rss"]})
 

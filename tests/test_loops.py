@@ -8,6 +8,7 @@ flags.json, the checkpoints) and checks its contents.
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +16,7 @@ import tensorflow as tf
 from harness import models
 from harness.config import BUILTIN_MODELS, MIN_MAX_LEN, MODES, Config
 from harness.errors import UsageError
+from harness.train import train
 
 MULTICLASS_METRICS = ("loss", "accuracy", "top5_accuracy")
 BINARY_METRICS = ("loss", "accuracy", "auc")
@@ -190,6 +192,25 @@ def test_no_retracing_after_the_first_epoch(runs_by_mode, mode):
     one, three = runs_by_mode[mode]
     assert one.trace_counts["train"] >= 1 and one.trace_counts["test"] >= 1
     assert three.trace_counts == one.trace_counts
+
+
+class _ModelPeek(keras.callbacks.Callback):
+    """Keeps the model the loop drove, and its `reset_metrics` at each epoch end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.reset_metrics = self.model.reset_metrics
+
+
+def test_train_on_batch_resets_metrics_in_one_compiled_call(make_config):
+    """Keras resets the metrics in every `train_on_batch`; the loop compiles that
+    reset once (the loops agree above, so each call still sees one batch) and
+    gives the model its own method back afterwards."""
+    peek = _ModelPeek()
+    train(make_config(mode="train_on_batch", epochs=2), print_fn=lambda line: None,
+          callbacks=[peek])
+    assert isinstance(peek.reset_metrics, tf.types.experimental.PolymorphicFunction)
+    assert peek.reset_metrics.experimental_get_tracing_count() == 1
+    assert "reset_metrics" not in vars(peek.model)
 
 
 # --- Learning ----------------------------------------------------------------------------------
