@@ -43,7 +43,8 @@ from bench_report import (REUTERS_TRAIN, MODES, fmt, median, table_rows,  # noqa
                           targets, write_report)
 
 REUTERS_SHA256 = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"
-BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-train_on_batch", "ceiling")
+BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
+             "bare-train_on_batch", "ceiling")
 HARNESS = tuple(f"harness-{m}{s}" for m in MODES for s in ("", "-nolog"))
 VARIANTS = BASELINES + HARNESS
 SCALE_VARIANTS = ("bare-fit", "harness-fit", "harness-train_on_batch", "harness-tape")

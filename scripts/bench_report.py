@@ -30,6 +30,12 @@ INPROCESS_NOTE = (
     "the baselines' data is loaded before, the harness loads its own inside).")
 
 
+# The best hand-written loop of a mode, shown beside its plain baseline: one endless
+# input stream (like the harness's), and for tape the batches pulled inside the
+# compiled call.
+STREAM_BASELINES = {"harness-fit": "bare-fit-stream", "harness-tape": "bare-tape-ingraph"}
+
+
 def baseline_of(variant: str):
     """The bare baseline a harness variant is compared with (tape: the bare tape loop)."""
     if variant.startswith("harness-"):
@@ -75,8 +81,13 @@ def table_rows(variants, runs, memory) -> dict:
         cpu = row["examples_per_cpu_second"]
         row["cpu_vs_baseline"] = _ratio(cpu, _get(rows, base, "examples_per_cpu_second"))
         row["cpu_vs_ceiling"] = _ratio(cpu, _get(rows, "ceiling", "examples_per_cpu_second"))
-        if v.startswith("harness-fit"):
-            row["vs_bare_fit_stream"] = _ratio(med, _get(rows, "bare-fit-stream"))
+        stream = STREAM_BASELINES.get(v.replace("-nolog", ""))
+        if stream in rows:
+            row["stream_baseline"] = stream
+            row["vs_stream_baseline"] = _ratio(med, _get(rows, stream))
+            row["vs_stream_baseline_paired"] = _paired(runs, v, stream)
+            row["vs_stream_baseline_fast"] = _ratio(
+                fast, _get(rows, stream, "examples_per_second_fast"))
         nolog = v + "-nolog" if v.startswith("harness-") and "nolog" not in v else None
         off = _get(rows, nolog)
         row["logging_cost_pct"] = (100 * (1 - med / off)) if med and off else None
@@ -206,8 +217,10 @@ def markdown_main(rows: dict, checks: list) -> str:
                   f" (±{50 * (eps['max'] - eps['min']) / eps['median']:.0f}%)"
                   if eps["median"] else "–")
         vs = f"{fmt(row['vs_baseline'], 3)} × {row['baseline']}" if row["vs_baseline"] else "–"
-        if row.get("vs_bare_fit_stream"):
-            vs += f"; {fmt(row['vs_bare_fit_stream'], 3)} × bare-fit-stream"
+        if row.get("vs_stream_baseline"):
+            paired = (row["vs_stream_baseline_paired"] or {}).get("median")
+            vs += (f"; {fmt(row['vs_stream_baseline'], 3)} × {row['stream_baseline']} "
+                   f"({fmt(paired, 3)} paired, {fmt(row['vs_stream_baseline_fast'], 3)} fast)")
         cost = f"{row['logging_cost_pct']:+.1f}%" if row["logging_cost_pct"] is not None else "–"
         t = row.get("traces_first_epoch") or {}
         traces = f"{t.get('train', '–')}/{t.get('test', '–')}" if t else "–"
@@ -298,6 +311,10 @@ NOTES = [
     "- bare-fit-stream: bare fit on one endless `.repeat()` stream with `steps_per_epoch` "
     "(like the harness's own input stream): no epoch waits for a new iterator to refill its "
     "8,982-example shuffle buffer, as the tutorial's bare-fit does at every epoch start.",
+    "- bare-tape-ingraph: bare-tape's step in a `tf.range` loop inside one compiled call "
+    "per epoch that pulls its batches from one endless stream's iterator (the best tape loop "
+    "../shared/DESIGN.md measured, ~0.9 of the ceiling there); the harness's tape loop works "
+    "the same way.",
     "- harness-*: `harness.train.train(Config(...))` with default logging (batch scalars "
     "every 100 steps, histograms every epoch) or `-nolog` (summary_every_steps=0, "
     "histogram_freq=0). Checkpoints and best.keras are still written at every epoch end "

@@ -14,7 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "scripts" / "bench.py"
-VARIANTS = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-train_on_batch", "ceiling",
+VARIANTS = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
+            "bare-train_on_batch", "ceiling",
             "harness-fit", "harness-fit-nolog", "harness-train_on_batch",
             "harness-train_on_batch-nolog", "harness-tape", "harness-tape-nolog")
 
