@@ -148,7 +148,12 @@ def train_stream(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
                                 reshuffle_each_iteration=False).batch(batch_size)
 
     stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
-    return stream.skip(offset).prefetch(tf.data.AUTOTUNE)
+    # One batch ahead with tf.data's autotuner off: the tape loop trained ~1.5% faster
+    # than with prefetch(AUTOTUNE) in 7 of 7 processes here (100-step calls interleaved
+    # with a one-batch ceiling); the source is cached in memory, so nothing needs tuning.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return stream.skip(offset).prefetch(1).with_options(options)
 
 
 def validation_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int) -> tf.data.Dataset:

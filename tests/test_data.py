@@ -122,12 +122,18 @@ def _input_of(nodes: dict, name: str):
 
 
 def test_pipeline_order_is_cache_then_shuffle_then_batch_then_prefetch():
-    """pad (numpy) -> cache -> shuffle per pass -> batch -> prefetch, read from the
+    """pad (numpy) -> cache -> shuffle per pass -> batch -> prefetch(1), read from the
     dataset's own graph (the old tutorial had cache() after prefetch())."""
     graph = _graph(data.train_stream(X, Y, batch_size=BATCH, seed=7))
     nodes = {node.name: node for node in graph.node}
     (retval,) = [node for node in graph.node if node.op == "_Retval"]
-    assert _op(_input_of(nodes, retval.input[0])) == "Prefetch"  # the last stage
+    options = _input_of(nodes, retval.input[0])  # the last stage: options, then prefetch
+    assert _op(options) == "Options"
+    prefetch = _input_of(nodes, options.input[0])
+    assert _op(prefetch) == "Prefetch"
+    buffer_size = _input_of(nodes, prefetch.input[1])
+    assert tf.make_ndarray(buffer_size.attr["value"].tensor) == 1  # one batch ahead
+    assert not data.train_stream(X, Y, batch_size=BATCH, seed=7).options().autotune.enabled
     outer_ops = [_op(node) for node in graph.node]
     assert outer_ops.count("Prefetch") == 1
     assert "Shuffle" not in outer_ops and "Batch" not in outer_ops
