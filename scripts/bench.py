@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_report import (REUTERS_TRAIN, MODES, fmt, median, table_rows,  # noqa: E402
-                          targets, write_report)
+from bench_report import (REUTERS_TRAIN, MODES, fmt, interleaved_summary,  # noqa: E402
+                          median, table_rows, targets, write_report)
 
 REUTERS_SHA256 = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"
 BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
@@ -341,6 +341,10 @@ def main_table(args, settings: dict, out: str, log) -> dict:
             print(f"bench: repeat {repeat + 1}/{args.repeats} {variant:<28} "
                   f"{fmt(record['examples_per_second'], 0):>7} examples/s "
                   f"({record['wall_seconds']:.0f} s)", flush=True)
+    interleaved = None
+    if {"harness-tape", "ceiling"} <= set(args.variants):
+        interleaved = _safely("harness-tape interleaved with the ceiling", errors,
+                              args.retry_wait, interleaved_tape, args, settings, data, logdir, log)
     memory = {}
     if args.memory == "subprocess":
         workdir = os.path.join(out, "memory")
@@ -355,7 +359,34 @@ def main_table(args, settings: dict, out: str, log) -> dict:
                                "rss_growth_ep2_to_last_mb": median(
                                    [r.get("rss_growth_ep2_to_last_mb") for r in runs[variant]])}
     return {"rows": table_rows(args.variants, runs, memory), "runs": runs, "memory": memory,
-            "inprocess_peak_growth_mb": inprocess, "errors": errors}
+            "inprocess_peak_growth_mb": inprocess, "interleaved_tape": interleaved,
+            "errors": errors}
+
+
+def interleaved_tape(args, settings: dict, data, logdir: str, log) -> dict:
+    """harness-tape (default logging) with the ceiling run after each of its
+    executions on the same model (bench_variants.InterleavedCeiling), `--repeats`
+    runs; pairs from epochs after the first."""
+    import keras
+
+    import bench_variants as bv
+    pairs, per_run = [], []
+    for repeat in range(args.repeats):
+        keras.backend.clear_session()
+        probe = bv.InterleavedCeiling(data.x_train[:settings["batch_size"]],
+                                      data.y_train[:settings["batch_size"]])
+        bv.run_harness("tape", logging=True, dataset=settings["dataset"],
+                       data_dir=settings["data_dir"], num_examples=settings["num_examples"],
+                       batch_size=settings["batch_size"], epochs=settings["epochs"],
+                       max_len=settings["max_len"], num_words=settings["num_words"],
+                       logdir=logdir, run_name=f"harness-tape-interleaved-r{repeat + 1}",
+                       extra=settings["extra"], print_fn=log, more_callbacks=(probe,))
+        timed = [p for p in probe.pairs if p[0] >= 1]
+        pairs += timed
+        per_run.append(median([ceiling / harness for _, _, harness, ceiling in timed]))
+        print(f"bench: interleaved {repeat + 1}/{args.repeats} harness-tape vs ceiling "
+              f"{fmt(per_run[-1], 3)} ({len(timed)} executions)", flush=True)
+    return interleaved_summary(pairs, per_run)
 
 
 # --- Scaling ----------------------------------------------------------------------------
@@ -442,7 +473,8 @@ def main(argv=None) -> int:
             result["scaling"] = scaling(args, settings, out, log)
         else:
             result["main"] = main_table(args, settings, out, log)
-            result["targets"] = targets(result["main"]["rows"])
+            result["targets"] = targets(result["main"]["rows"],
+                                        result["main"]["interleaved_tape"])
         result["harness_sources"]["end"] = sources_fingerprint()
         write_report(out, args, settings, result, command)
     finally:

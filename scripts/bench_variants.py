@@ -482,6 +482,54 @@ class _EpochTimer(keras.callbacks.Callback):
                 setattr(cls, name, method)
 
 
+class InterleavedCeiling(keras.callbacks.Callback):
+    """Runs the ceiling between the harness's executions, on the same model.
+
+    After each execution of the harness's loop (timed from the end of the
+    previous ceiling call, so the loop's own Python and hooks count), the bare
+    compiled step runs the same number of steps on one batch already in memory.
+    Both run within the same second or so of this machine, whose speed drifts
+    over seconds, so their ratio is paired far more tightly than two runs'.
+    The ceiling's steps train the harness's weights too: the run's metrics mean
+    nothing, only the times do.
+    """
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.batch = (tf.constant(x), tf.constant(y))
+        self.pairs: list = []  # (epoch, steps, harness seconds, ceiling seconds)
+
+    def on_train_begin(self, logs=None):
+        step = _TapeStep(self.model)
+
+        @tf.function
+        def run_steps(x, y, n):
+            for _ in tf.range(n):
+                step.train(x, y)
+
+        self._step, self._run_steps = step, run_steps
+        self._ceiling(1)  # traced here, not inside a timed pair
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._mark = epoch, time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        harness = time.perf_counter() - self._mark
+        steps = batch - self._first + 1
+        ceiling = self._ceiling(steps)
+        self.pairs.append((self._epoch, steps, harness, ceiling))
+        self._mark = time.perf_counter()
+
+    def _ceiling(self, steps: int) -> float:
+        start = time.perf_counter()
+        self._run_steps(*self.batch, tf.constant(steps))
+        self._step.sync()
+        return time.perf_counter() - start
+
+
 def stream_examples(first_step: int, steps: int, n: int, batch_size: int) -> int:
     """Examples in global steps [first_step, first_step + steps) of the harness's
     endless stream: passes of ceil(n / batch_size) batches, the last one partial."""
@@ -494,7 +542,8 @@ def stream_examples(first_step: int, steps: int, n: int, batch_size: int) -> int
 def run_harness(mode: str, *, logging: bool, dataset: str, data_dir: Optional[str],
                 num_examples: Optional[int], batch_size: int, epochs: int, max_len: int,
                 num_words: int, logdir: str, run_name: str, extra: Optional[dict] = None,
-                print_fn: Callable[[str], None] = lambda line: None) -> dict:
+                print_fn: Callable[[str], None] = lambda line: None,
+                more_callbacks: tuple = ()) -> dict:
     """One harness run; returns its epochs (timed by the bench), the trace counts
     it reports, and its own `epoch_examples_per_second` from the event files."""
     from harness.config import Config
@@ -514,7 +563,7 @@ def run_harness(mode: str, *, logging: bool, dataset: str, data_dir: Optional[st
         lambda epoch: stream_examples(epoch * steps, steps, n_full, batch_size))
     with timer.counting_traces():
         if "callbacks" in inspect.signature(train).parameters:
-            result = train(config, print_fn=print_fn, callbacks=[timer])
+            result = train(config, print_fn=print_fn, callbacks=[timer, *more_callbacks])
         else:
             with timer.driven_by_every_callback_list():
                 result = train(config, print_fn=print_fn)

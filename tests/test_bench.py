@@ -48,9 +48,17 @@ def test_quick_run_measures_every_variant(tmp_path):
     for mode in ("fit", "train_on_batch", "tape"):
         assert rows[f"harness-{mode}"]["logging_cost_pct"] is not None
     assert result["targets"], "the issue's targets are checked"
+    interleaved = result["main"]["interleaved_tape"]  # the ceiling between tape executions
+    assert interleaved["executions"] == len(interleaved["pairs"]) > 0
+    assert all(steps >= 1 and harness > 0 and ceiling > 0
+               for _, steps, harness, ceiling in interleaved["pairs"])
+    assert interleaved["median"] > 0
+    (tape_target,) = [c for c in result["targets"] if c["target"].endswith("ceiling")]
+    assert tape_target["value"] == interleaved["median"]
 
     markdown = (tmp_path / "bench.md").read_text()
     assert "| variant | examples/s (median) |" in markdown
+    assert "harness-tape vs the ceiling, interleaved" in markdown
     for variant in VARIANTS:
         assert f"| {variant} |" in markdown
 
