@@ -383,7 +383,7 @@ def interleaved_tape(args, settings: dict, data, logdir: str, log) -> dict:
                        extra=settings["extra"], print_fn=log, more_callbacks=(probe,))
         timed = [p for p in probe.pairs if p[0] >= 1]
         pairs += timed
-        per_run.append(median([ceiling / harness for _, _, harness, ceiling in timed]))
+        per_run.append(sum(p[3] for p in timed) / sum(p[2] for p in timed))
         print(f"bench: interleaved {repeat + 1}/{args.repeats} harness-tape vs ceiling "
               f"{fmt(per_run[-1], 3)} ({len(timed)} executions)", flush=True)
     return interleaved_summary(pairs, per_run)
