@@ -331,8 +331,9 @@ def main_table(args, settings: dict, out: str, log) -> dict:
             gc.collect()
             before = bv.memory_mb()["rss"]
             reset = bv.reset_peak_memory()
-            record = _safely(f"{variant} repeat {repeat + 1}", errors, args.retry_wait, run_once, variant,
-                             settings, data, logdir, f"{variant}-r{repeat + 1}", log)
+            record = _safely(f"{variant} repeat {repeat + 1}", errors, args.retry_wait,
+                             run_once, variant, settings, data, logdir,
+                             f"{variant}-r{repeat + 1}", log)
             if record is None:
                 continue
             if reset:

@@ -268,15 +268,14 @@ def markdown_main(rows: dict, checks: list) -> str:
                      f"{fmt(row['retraces_after_first_epoch'])} | {peak} | "
                      f"{fmt(row.get('peak_rss_vs_baseline'), 3)} | "
                      f"{fmt(row['rss_growth_ep2_to_last_mb'], 1)} |")
-    cross = [f"{v} {fmt(row['harness_event_examples_per_second'])} "
-             f"({row['harness_event_examples_per_second'] / row['examples_per_second']['median']:.3f}×)"
+    cross = [f"{v} {fmt(own)} ({own / row['examples_per_second']['median']:.3f}×)"
              for v, row in rows.items()
-             if row.get("harness_event_examples_per_second")
+             if (own := row.get("harness_event_examples_per_second"))
              and row["examples_per_second"]["median"]]
     if cross:
-        lines += ["", "Cross-check, the harness's own `epoch_examples_per_second` from its event "
-                  "files (epochs ≥ 2 pooled the same way; median over repeats), and its ratio to the "
-                  "bench's figure above: "
+        lines += ["", "Cross-check, the harness's own `epoch_examples_per_second` from its "
+                  "event files (epochs ≥ 2 pooled the same way; median over repeats), and its "
+                  "ratio to the bench's figure above: "
                   + "; ".join(cross) + "."]
     lines += ["", "| target | measured | result |", "|---|---:|---|"]
     lines += [f"| {c['target']} | {c['shown']} | {'pass' if c['pass'] else 'FAIL'} |"

@@ -116,6 +116,13 @@ def train_dataset(data: Data, batch_size: int) -> tf.data.Dataset:
             .prefetch(tf.data.AUTOTUNE))
 
 
+def stream_dataset(data: Data, batch_size: int) -> tf.data.Dataset:
+    """One endless stream over every epoch (`.repeat()`), like the harness's."""
+    return (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).cache()
+            .shuffle(len(data.x_train), seed=SEED).batch(batch_size).repeat()
+            .prefetch(tf.data.AUTOTUNE))
+
+
 def val_dataset(data: Data, batch_size: int) -> tf.data.Dataset:
     return (tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val)).cache()
             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
@@ -252,7 +259,8 @@ def bare_fit(data: Data, *, batch_size: int, epochs: int, max_len: int,
     n = len(data.x_train)
 
     model.fit(train_dataset(data, batch_size), epochs=epochs,
-              validation_data=val_dataset(data, batch_size), callbacks=[epoch_timer(recorder, n)], verbose=0,
+              validation_data=val_dataset(data, batch_size),
+              callbacks=[epoch_timer(recorder, n)], verbose=0,
               shuffle=False)  # the dataset shuffles; Keras warns if shuffle=True
     return recorder.epochs
 
@@ -263,11 +271,10 @@ def bare_fit_stream(data: Data, *, batch_size: int, epochs: int, max_len: int,
     the whole run, so no epoch waits for a fresh iterator to refill its shuffle buffer."""
     model, recorder = _keras_baseline(data, max_len, num_words)
     n = len(data.x_train)
-    stream = (tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).cache()
-              .shuffle(n, seed=SEED).batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
-
-    model.fit(stream, epochs=epochs, steps_per_epoch=math.ceil(n / batch_size),
-              validation_data=val_dataset(data, batch_size), callbacks=[epoch_timer(recorder, n)], verbose=0)
+    model.fit(stream_dataset(data, batch_size), epochs=epochs,
+              steps_per_epoch=math.ceil(n / batch_size),
+              validation_data=val_dataset(data, batch_size),
+              callbacks=[epoch_timer(recorder, n)], verbose=0)
     return recorder.epochs
 
 
@@ -332,21 +339,13 @@ def bare_tape(data: Data, *, batch_size: int, epochs: int, max_len: int,
               num_words: int) -> list:
     keras.utils.set_random_seed(SEED)
     step = _TapeStep(build_model(max_len, num_words, data.num_classes))
-    recorder = Recorder(step.traces)
-    train, validation = train_dataset(data, batch_size), val_dataset(data, batch_size)
-    for _ in range(epochs):
-        step.reset()
-        recorder.begin()
+    train = train_dataset(data, batch_size)
+
+    def train_epoch():
         for x, y in train:
             step.train(x, y)
-        step.sync()
-        recorder.train_done()
-        step.reset()
-        for x, y in validation:
-            step.test(x, y)
-        step.sync()
-        recorder.end(len(data.x_train))
-    return recorder.epochs
+
+    return _tape_epochs(step, Recorder(step.traces), train_epoch, data, batch_size, epochs)
 
 
 def bare_tape_ingraph(data: Data, *, batch_size: int, epochs: int, max_len: int,
@@ -356,12 +355,8 @@ def bare_tape_ingraph(data: Data, *, batch_size: int, epochs: int, max_len: int,
     there (no Python per step), on one endless stream like the harness's."""
     keras.utils.set_random_seed(SEED)
     step = _TapeStep(build_model(max_len, num_words, data.num_classes))
-    n = len(data.x_train)
-    stream = iter(tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train)).cache()
-                  .shuffle(n, seed=SEED).batch(batch_size).repeat()
-                  .prefetch(tf.data.AUTOTUNE))
-    validation = val_dataset(data, batch_size)
-    steps = math.ceil(n / batch_size)
+    stream = iter(stream_dataset(data, batch_size))
+    steps = tf.constant(math.ceil(len(data.x_train) / batch_size))
 
     @tf.function
     def run_steps(iterator, count):
@@ -370,17 +365,25 @@ def bare_tape_ingraph(data: Data, *, batch_size: int, epochs: int, max_len: int,
 
     recorder = Recorder(lambda: {"train": run_steps.experimental_get_tracing_count(),
                                  "test": step.test.experimental_get_tracing_count()})
+    return _tape_epochs(step, recorder, lambda: run_steps(stream, steps), data, batch_size,
+                        epochs)
+
+
+def _tape_epochs(step: "_TapeStep", recorder: Recorder, train_epoch: Callable[[], None],
+                 data: Data, batch_size: int, epochs: int) -> list:
+    """The bare tape loops' epochs: `train_epoch()` timed, then the validation pass."""
+    validation = val_dataset(data, batch_size)
     for _ in range(epochs):
         step.reset()
         recorder.begin()
-        run_steps(stream, tf.constant(steps))
+        train_epoch()
         step.sync()
         recorder.train_done()
         step.reset()
         for x, y in validation:
             step.test(x, y)
         step.sync()
-        recorder.end(n)
+        recorder.end(len(data.x_train))
     return recorder.epochs
 
 
