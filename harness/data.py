@@ -10,8 +10,8 @@ padding/truncation, like the tutorials):
 
 The training pipeline is an endless stream of batches whose order depends only
 on (seed, epoch of the data), so any loop, and any resumed run, sees the same
-batches at the same global step: pad -> cache -> shuffle(seed, epoch) ->
-batch -> prefetch.
+batches at the same global step: pad -> per pass: permutation(seed, pass) ->
+one gather of the pass (a pass ahead) -> batches sliced from it -> prefetch.
 """
 
 import contextlib
@@ -134,26 +134,43 @@ def train_stream(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
                  start_step: int = 0) -> tf.data.Dataset:
     """An endless stream of shuffled batches, positioned at global step `start_step`.
 
-    Every pass over the data (a "data epoch") is shuffled with its own seed
-    derived from (`seed`, pass number) and ends with its partial batch, so the
-    batch at a given global step is the same in every loop and after a resume.
+    Every pass over the data (a "data epoch") is a permutation seeded by (`seed`,
+    pass number) and ends with its partial batch, so the batch at a given global
+    step is the same in every loop and after a resume. Each pass is gathered in
+    one op, a pass ahead of training, and its batches are slices of it: tf.data
+    spent about half the CPU per batch of an element-wise cache -> shuffle ->
+    batch pipeline (36 against 79 µs per Reuters batch here), and the tape loop
+    trained ~1.5% faster. Memory: the arrays, the pass being read and the next.
     """
     size = num_examples(x)
     batches_per_pass = math.ceil(size / batch_size)
     first_pass, offset = divmod(start_step, batches_per_pass)
-    examples = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    in_full_batches = size - size % batch_size
+    arrays = tf.nest.map_structure(tf.constant, (x, y))
 
-    def one_pass(pass_number):
-        return examples.shuffle(size, seed=seed * 1_000_003 + pass_number,
-                                reshuffle_each_iteration=False).batch(batch_size)
+    def shuffled_pass(pass_number):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), pass_number]),
+            alg="philox")
+        return tf.nest.map_structure(lambda array: tf.gather(array, order), arrays)
 
-    stream = tf.data.Dataset.range(first_pass, 2**62).flat_map(one_pass)
+    def batches_of(*one_pass):
+        full = tf.nest.map_structure(
+            lambda array: tf.reshape(array[:in_full_batches],
+                                     [-1, batch_size, *array.shape[1:]]), one_pass)
+        batches = tf.data.Dataset.from_tensor_slices(full)
+        if in_full_batches < size:
+            partial = tf.nest.map_structure(lambda array: array[in_full_batches:], one_pass)
+            batches = batches.concatenate(tf.data.Dataset.from_tensors(partial))
+        return batches
+
+    passes = tf.data.Dataset.range(first_pass, 2**62).map(shuffled_pass).prefetch(1)
     # One batch ahead with tf.data's autotuner off: the tape loop trained ~1.5% faster
     # than with prefetch(AUTOTUNE) in 7 of 7 processes here (100-step calls interleaved
-    # with a one-batch ceiling); the source is cached in memory, so nothing needs tuning.
+    # with a one-batch ceiling); the batches are slices, so nothing needs tuning.
     options = tf.data.Options()
     options.autotune.enabled = False
-    return stream.skip(offset).prefetch(1).with_options(options)
+    return passes.flat_map(batches_of).skip(offset).prefetch(1).with_options(options)
 
 
 def validation_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int) -> tf.data.Dataset:

@@ -121,35 +121,43 @@ def _input_of(nodes: dict, name: str):
     return nodes[name.split(":")[0].lstrip("^")]
 
 
-def test_pipeline_order_is_cache_then_shuffle_then_batch_then_prefetch():
-    """pad (numpy) -> cache -> shuffle per pass -> batch -> prefetch(1), read from the
-    dataset's own graph (the old tutorial had cache() after prefetch())."""
-    graph = _graph(data.train_stream(X, Y, batch_size=BATCH, seed=7))
+def _stages(nodes: dict, node) -> list:
+    """The dataset ops from `node` back to the source, following each first input."""
+    stages = []
+    while node.op.endswith("Dataset"):
+        stages.append(node)
+        node = _input_of(nodes, node.input[0])
+    return stages
+
+
+def _body_ops(graph, function_prefix: str) -> list:
+    (function,) = [f for f in graph.library.function
+                   if f.signature.name.startswith(function_prefix)]
+    return [node.op for node in function.node_def]
+
+
+def test_pipeline_gathers_each_pass_ahead_then_slices_its_batches():
+    """pad (numpy) -> per pass: seeded permutation, one gather (a pass ahead) ->
+    batches sliced from the pass -> prefetch(1), read from the dataset's own graph."""
+    stream = data.train_stream(X, Y, batch_size=BATCH, seed=7)
+    assert not stream.options().autotune.enabled
+    graph = _graph(stream)
     nodes = {node.name: node for node in graph.node}
     (retval,) = [node for node in graph.node if node.op == "_Retval"]
-    options = _input_of(nodes, retval.input[0])  # the last stage: options, then prefetch
-    assert _op(options) == "Options"
-    prefetch = _input_of(nodes, options.input[0])
-    assert _op(prefetch) == "Prefetch"
-    buffer_size = _input_of(nodes, prefetch.input[1])
-    assert tf.make_ndarray(buffer_size.attr["value"].tensor) == 1  # one batch ahead
-    assert not data.train_stream(X, Y, batch_size=BATCH, seed=7).options().autotune.enabled
-    outer_ops = [_op(node) for node in graph.node]
-    assert outer_ops.count("Prefetch") == 1
-    assert "Shuffle" not in outer_ops and "Batch" not in outer_ops
-    # The examples are cached once, straight from the padded arrays...
-    (cache,) = [node for node in graph.node if _op(node) == "Cache"]
-    assert _op(_input_of(nodes, cache.input[0])) == "TensorSlice"
-    # ...and every pass (flat_map over pass numbers) shuffles, then batches, that cache.
-    (flat_map,) = [node for node in graph.node if _op(node) == "FlatMap"]
-    assert cache.name in [name.split(":")[0] for name in flat_map.input[1:]]
-    (one_pass,) = graph.library.function
-    body = {node.name: node for node in one_pass.node_def}
-    (shuffle,) = [node for node in body.values() if _op(node) == "Shuffle"]
-    (batch,) = [node for node in body.values() if _op(node) == "Batch"]
-    assert shuffle.input[0] == one_pass.signature.input_arg[-1].name  # the captured cache
-    assert batch.input[0].split(":")[0] == shuffle.name
-    assert not any(_op(node) in ("Cache", "Prefetch") for node in body.values())
+    stages = _stages(nodes, _input_of(nodes, retval.input[0]))
+    assert [_op(node) for node in stages] == [
+        "Options", "Prefetch", "Skip", "FlatMap", "Prefetch", "Map", "Range"]
+    for prefetch in (stages[1], stages[4]):  # one batch ahead; one pass ahead
+        assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == 1
+    # Each pass (Map over pass numbers): one permutation, one gather of each array...
+    pass_ops = _body_ops(graph, "__inference_Dataset_map_shuffled_pass")
+    assert pass_ops.count("StatelessShuffle") == 1 and pass_ops.count("GatherV2") == 2
+    # ...then its batches are slices of it, with the partial batch last.
+    batch_ops = _body_ops(graph, "__inference_Dataset_flat_map_batches_of")
+    assert {"TensorSliceDataset", "TensorDataset", "ConcatenateDataset"} <= set(batch_ops)
+    every_op = [node.op for node in graph.node] + [
+        node.op for function in graph.library.function for node in function.node_def]
+    assert not {"ShuffleDatasetV3", "BatchDatasetV2", "CacheDatasetV2"} & set(every_op)
 
 
 def test_validation_batches_are_complete_and_in_order():
