@@ -136,9 +136,21 @@ def _body_ops(graph, function_prefix: str) -> list:
     return [node.op for node in function.node_def]
 
 
-def test_pipeline_gathers_each_pass_ahead_then_slices_its_batches():
-    """pad (numpy) -> per pass: seeded permutation, one gather (a pass ahead) ->
-    batches sliced from the pass -> prefetch(1), read from the dataset's own graph."""
+@pytest.mark.parametrize("rows_per_gather", [1, 12, 16, 48, 56])
+def test_stream_batches_do_not_depend_on_the_gathered_parts(rows_per_gather):
+    """Parts of 1 batch (1 and 12 round down to 8 rows), 2, 6 (then a part of just the partial
+    batch) or 7 (the whole pass): the same batches as the default, one part per pass here."""
+    whole_passes = data.train_stream(X, Y, batch_size=BATCH, seed=7)
+    in_parts = data.train_stream(X, Y, batch_size=BATCH, seed=7, rows_per_gather=rows_per_gather)
+    for (xe, ye), (xa, ya) in zip(*(_batches(s, 2 * BATCHES_PER_PASS + 1)
+                                   for s in (whole_passes, in_parts))):
+        np.testing.assert_array_equal(ya, ye)
+        np.testing.assert_array_equal(xa, xe)
+
+
+def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
+    """pad (numpy) -> per pass: seeded permutation -> its parts, each one gather (a part
+    ahead) -> batches sliced from the part -> prefetch(1), read from the dataset's graph."""
     stream = data.train_stream(X, Y, batch_size=BATCH, seed=7)
     assert not stream.options().autotune.enabled
     graph = _graph(stream)
@@ -146,12 +158,14 @@ def test_pipeline_gathers_each_pass_ahead_then_slices_its_batches():
     (retval,) = [node for node in graph.node if node.op == "_Retval"]
     stages = _stages(nodes, _input_of(nodes, retval.input[0]))
     assert [_op(node) for node in stages] == [
-        "Options", "Prefetch", "Skip", "FlatMap", "Prefetch", "Map", "Range"]
-    for prefetch in (stages[1], stages[4]):  # one batch ahead; one pass ahead
+        "Options", "Prefetch", "Skip", "FlatMap", "Prefetch", "Map", "FlatMap", "Map", "Range"]
+    for prefetch in (stages[1], stages[4]):  # one batch ahead; one part ahead
         assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == 1
-    # Each pass (Map over pass numbers): one permutation, one gather of each array...
-    pass_ops = _body_ops(graph, "__inference_Dataset_map_shuffled_pass")
-    assert pass_ops.count("StatelessShuffle") == 1 and pass_ops.count("GatherV2") == 2
+    # Each pass (Map over pass numbers): one permutation, cut into parts of rows...
+    assert _body_ops(graph, "__inference_Dataset_map_permutation").count("StatelessShuffle") == 1
+    assert "TensorSliceDataset" in _body_ops(graph, "__inference_Dataset_flat_map_parts_of")
+    # ...each part one gather of each array...
+    assert _body_ops(graph, "__inference_Dataset_map_gather_part").count("GatherV2") == 2
     # ...then its batches are slices of it, with the partial batch last.
     batch_ops = _body_ops(graph, "__inference_Dataset_flat_map_batches_of")
     assert {"TensorSliceDataset", "TensorDataset", "ConcatenateDataset"} <= set(batch_ops)
