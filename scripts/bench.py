@@ -7,6 +7,7 @@ Usage, from the repository root:
     python scripts/bench.py --variants bare-fit,harness-fit --repeats 5
     python scripts/bench.py --batch_sizes 32,64,128,256,512 # batch-size scaling table
     python scripts/bench.py --data_scale 1,2,4,8            # data-size scaling table
+    python scripts/bench.py --knobs                         # what each speed knob does
 
 Throughput: every variant trains in this one process, the variants interleaved
 (in a new seeded random order each repeat) and repeated; examples/s is measured over whole epochs
@@ -15,6 +16,10 @@ the start of validation, as the harness's `epoch_examples_per_second` counts it)
 Memory (--memory=subprocess, the default): each variant runs once more in a fresh
 subprocess that reports its peak RSS (VmHWM), see MEMORY_NOTE. The scaling
 tables run every point in its own subprocess (examples/s and peak RSS together).
+The knob table (--knobs) runs the harness in each mode with its defaults and with
+each of --steps_per_execution, --jit_compile and --mixed_precision, interleaved
+in this process like the main table, and gives each knob's speed-up paired per
+repeat against the same mode's defaults.
 
 Writes bench.json and bench.md to --out (default logs/bench-<time>/).
 Exit status: 0 on success, 2 on bad arguments or data, 1 if a variant failed.
@@ -24,6 +29,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -40,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_report import (REUTERS_TRAIN, MODES, fmt, interleaved_summary,  # noqa: E402
-                          median, table_rows, targets, write_report)
+                          knob_rows, median, table_rows, targets, write_report)
 
 REUTERS_SHA256 = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"
 BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
@@ -48,6 +54,13 @@ BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
 HARNESS = tuple(f"harness-{m}{s}" for m in MODES for s in ("", "-nolog"))
 VARIANTS = BASELINES + HARNESS
 SCALE_VARIANTS = ("bare-fit", "harness-fit", "harness-train_on_batch", "harness-tape")
+# The speed knobs of the issue, as harness Config fields; "epoch" = the steps of one epoch
+# (fit needs a divisor of them, and Reuters's 281 steps are prime).
+KNOBS = (("defaults", {}),
+         ("steps_per_execution=1", {"steps_per_execution": 1}),
+         ("steps_per_execution=epoch", {"steps_per_execution": "epoch"}),
+         ("jit_compile", {"jit_compile": True}),
+         ("mixed_precision", {"mixed_precision": True}))
 DEFAULTS = dict(epochs=3, repeats=3, max_len=300, retry_wait=60.0)
 QUICK = dict(num_examples=256, max_len=50, epochs=3, repeats=1, retry_wait=0.0)
 
@@ -81,6 +94,9 @@ def parse_args(argv):
         help="scaling table over batch sizes, e.g. 32,64,128,256,512 (skips the main table)")
     add("--data_scale", default=None,
         help="scaling table over synthetic datasets of K x Reuters's size, e.g. 1,2,4,8")
+    add("--knobs", action="store_true",
+        help="knob table: the harness in every mode with each of steps_per_execution, "
+             "jit_compile and mixed_precision vs its defaults (skips the main table)")
     add("--harness_option", action="append", default=[], metavar="NAME=VALUE",
         help="extra harness Config field for the harness variants (repeatable), "
              "e.g. steps_per_execution=16")
@@ -126,6 +142,9 @@ def _check(args) -> None:
                            f"use a comma list of {','.join(VARIANTS)}")
     args.batch_sizes = _int_list("batch_sizes", args.batch_sizes)
     args.data_scale = _int_list("data_scale", args.data_scale)
+    if args.knobs and (args.batch_sizes or args.data_scale):
+        raise BadInput("--knobs cannot be combined with --batch_sizes or --data_scale: "
+                       "run them one at a time")
     if args.data_scale and "ceiling" in args.variants:
         args.variants.remove("ceiling")  # one batch in memory: the data size means nothing
     args.extra = {}
@@ -390,6 +409,64 @@ def interleaved_tape(args, settings: dict, data, logdir: str, log) -> dict:
     return interleaved_summary(pairs, per_run)
 
 
+# --- Knobs ------------------------------------------------------------------------------
+
+
+def knob_cells(steps_per_epoch: int) -> list:
+    """(mode, knob, Config fields, note) for every mode and knob: fields None and a note
+    where the harness rejects the knob for that mode or it is that mode's default."""
+    import dataclasses
+
+    from harness.config import Config
+    from harness.errors import UsageError
+    cells = []
+    for mode in MODES:
+        default = Config(mode=mode, dataset="synthetic")
+        for knob, fields in KNOBS:
+            fields = {k: steps_per_epoch if v == "epoch" else v for k, v in fields.items()}
+            config = dataclasses.replace(default, **fields)
+            try:
+                config.validate()
+            except UsageError as error:
+                cells.append((mode, knob, None, f"rejected: {error}"))
+                continue
+            if fields and set(fields) == {"steps_per_execution"} and (
+                    config.execution_steps == default.execution_steps):
+                cells.append((mode, knob, None, "the default"))
+                continue
+            cells.append((mode, knob, fields, None))
+    return cells
+
+
+def knob_table(args, settings: dict, out: str, log) -> dict:
+    """Each applicable (mode, knob) as a harness run (default logging), all of them
+    interleaved in a new seeded order every repeat; speed-up = the median over
+    repeats of examples/s with the knob / with that mode's defaults."""
+    import gc
+
+    import keras
+    steps = math.ceil((settings["num_examples"] or REUTERS_TRAIN) / settings["batch_size"])
+    cells = knob_cells(steps)
+    runs = {(mode, knob): [] for mode, knob, fields, _ in cells if fields is not None}
+    errors: list = []
+    logdir = os.path.join(out, "runs")
+    for repeat in range(args.repeats):
+        for mode, knob in random.Random(repeat).sample(sorted(runs), len(runs)):
+            fields = next(f for m, k, f, _ in cells if (m, k) == (mode, knob))
+            keras.backend.clear_session()
+            gc.collect()
+            name = f"{mode}-{knob.replace('=', '')}-r{repeat + 1}"
+            record = _safely(name, errors, args.retry_wait, run_once, f"harness-{mode}",
+                             dict(settings, extra={**settings["extra"], **fields}), None,
+                             logdir, name, log)
+            runs[(mode, knob)].append(record)  # None for a failed run keeps repeats paired
+            if record:
+                print(f"bench: repeat {repeat + 1}/{args.repeats} {mode:<15} {knob:<27} "
+                      f"{fmt(record['examples_per_second'], 0):>7} examples/s "
+                      f"({record['wall_seconds']:.0f} s)", flush=True)
+    return {"rows": knob_rows(cells, runs), "errors": errors}
+
+
 # --- Scaling ----------------------------------------------------------------------------
 
 
@@ -472,6 +549,8 @@ def main(argv=None) -> int:
         result = {"harness_sources": {"start": sources_fingerprint()}}
         if args.batch_sizes or args.data_scale:
             result["scaling"] = scaling(args, settings, out, log)
+        elif args.knobs:
+            result["knobs"] = knob_table(args, settings, out, log)
         else:
             result["main"] = main_table(args, settings, out, log)
             result["targets"] = targets(result["main"]["rows"],
@@ -481,7 +560,7 @@ def main(argv=None) -> int:
     finally:
         harness_log.close()
         shutil.rmtree(home, ignore_errors=True)
-    failed = result.get("main", {}).get("errors") or result.get("scaling", {}).get("errors")
+    failed = any(result.get(part, {}).get("errors") for part in ("main", "scaling", "knobs"))
     return 1 if failed else 0
 
 

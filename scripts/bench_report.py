@@ -131,6 +131,30 @@ def _paired(runs, variant, base):
     return {"median": median(pairs), "min": min(pairs), "max": max(pairs)} if pairs else None
 
 
+def knob_rows(cells: list, runs: dict) -> list:
+    """One row per (mode, knob): examples/s and the speed-up against the same mode's
+    defaults, paired per repeat (None records are failed runs)."""
+    rows = []
+    for mode, knob, fields, note in cells:
+        row = {"mode": mode, "knob": knob, "fields": fields, "note": note}
+        records = runs.get((mode, knob))
+        if records is not None:
+            rates = [r and r.get("examples_per_second") for r in records]
+            defaults = [r and r.get("examples_per_second") for r in runs[(mode, "defaults")]]
+            speedups = [a / b for a, b in zip(rates, defaults) if a and b]
+            values = [v for v in rates if v]
+            row.update(examples_per_second=median(values), min=min(values, default=None),
+                       max=max(values, default=None), runs=rates,
+                       speedup=median(speedups),
+                       speedup_min=min(speedups, default=None),
+                       speedup_max=max(speedups, default=None),
+                       retraces_after_first_epoch=max(
+                           (r.get("retraces_after_first_epoch") or 0 for r in records if r),
+                           default=None))
+        rows.append(row)
+    return rows
+
+
 def interleaved_summary(pairs: list, per_run: list) -> dict:
     """harness-tape vs the ceiling from (epoch, steps, harness s, ceiling s) pairs."""
     if not pairs:
@@ -316,6 +340,27 @@ def markdown_scaling(kind: str, rows: list) -> str:
     return "\n".join(lines)
 
 
+def markdown_knobs(rows: list) -> str:
+    """knob x mode: examples/s (paired speed-up vs the mode's defaults, its spread)."""
+    knobs = list(dict.fromkeys(r["knob"] for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    cell = {(r["mode"], r["knob"]): r for r in rows}
+
+    def text(r):
+        if r["note"]:
+            return r["note"].split(":")[0]
+        if r["knob"] == "defaults" or r["speedup"] is None:
+            return fmt(r["examples_per_second"])
+        return (f"{fmt(r['examples_per_second'])} ({fmt(r['speedup'], 2)}×; "
+                f"{fmt(r['speedup_min'], 2)}–{fmt(r['speedup_max'], 2)})")
+
+    lines = ["| knob | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
+    for knob in knobs:
+        lines.append(f"| {knob} | " + " | ".join(text(cell[(m, knob)]) for m in modes) + " |")
+    notes = sorted({r["note"] for r in rows if r["note"] and r["note"].startswith("rejected")})
+    return "\n".join(lines + [""] + [f"- {note}" for note in notes])
+
+
 def environment() -> dict:
     import keras
     import tensorflow as tf
@@ -406,13 +451,21 @@ def write_report(out, args, settings, result, command) -> None:
         md += [f"## {title}", "", "Each row: fresh subprocesses (one per repeat); peak RSS "
                "= VmHWM; growth = peak − RSS after importing TF/Keras.", "",
                markdown_scaling(kind, rows), ""]
+    if "knobs" in result:
+        md += ["## Knobs", "", "The harness with default logging in each mode: examples/s "
+               "(median over repeats) and, in brackets, the speed-up against that mode's "
+               "defaults (median of the per-repeat ratios; their spread). "
+               "'steps_per_execution=epoch': one compiled call per epoch. 'the default': the "
+               "knob's value is what the mode already does; 'rejected': the harness refuses "
+               "it for that mode (the message is below).", "",
+               markdown_knobs(result["knobs"]["rows"]), ""]
     sources = result.get("harness_sources", {})
     if sources.get("start") != sources.get("end"):
         md += ["**Warning:** harness/ or callbacks/ changed during this benchmark "
                f"({sources.get('start')} -> {sources.get('end')}): in-process runs used the "
                "code imported first, subprocesses the code of their start.", ""]
-    errors = result.get("main", {}).get("errors", []) + result.get("scaling", {}).get(
-        "errors", [])
+    errors = [e for part in ("main", "scaling", "knobs")
+              for e in result.get(part, {}).get("errors", [])]
     if errors:
         md += ["## Failures", ""] + [f"- {e['error']}" for e in errors] + [""]
     result.update(command=command, settings=settings, environment=env,

@@ -78,12 +78,35 @@ def test_memory_in_fresh_subprocesses(tmp_path):
     assert rows["harness-fit"]["peak_rss_vs_baseline"] > 0
 
 
+def test_knob_table(tmp_path):
+    done = _bench("--quick", "--knobs", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {(r["mode"], r["knob"]): r
+            for r in json.loads((tmp_path / "bench.json").read_text())["knobs"]["rows"]}
+    assert {mode for mode, _ in rows} == {"fit", "train_on_batch", "tape"}
+    for mode in ("fit", "train_on_batch", "tape"):
+        assert rows[(mode, "defaults")]["examples_per_second"] > 0
+        for knob in ("jit_compile", "mixed_precision"):  # honoured by every loop
+            assert rows[(mode, knob)]["speedup"] > 0, (mode, knob)
+            assert rows[(mode, knob)]["retraces_after_first_epoch"] == 0, (mode, knob)
+    assert rows[("fit", "steps_per_execution=1")]["note"] == "the default"
+    assert rows[("tape", "steps_per_execution=1")]["speedup"] > 0  # tape's default is more
+    assert rows[("fit", "steps_per_execution=epoch")]["fields"] == {"steps_per_execution": 8}
+    rejected = rows[("train_on_batch", "steps_per_execution=epoch")]
+    assert rejected["note"].startswith("rejected: --steps_per_execution=8 does not apply")
+    assert rejected.get("speedup") is None
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "## Knobs" in markdown
+    assert "| knob | fit | train_on_batch | tape |" in markdown
+
+
 @pytest.mark.parametrize("args, message", [
     (("--epochs", "1"), "--epochs=1"),
     (("--variants", "bare-fit,warp-drive"), "warp-drive"),
     (("--data_dir", "/nonexistent"), "holds no reuters.npz"),
     (("--batch_sizes", "32,x"), "--batch_sizes"),
     (("--num_examples", "0"), "--num_examples=0"),
+    (("--knobs", "--batch_sizes", "32"), "--knobs cannot be combined"),
 ])
 def test_bad_arguments_exit_2(args, message):
     done = _bench(*args, timeout=60)
