@@ -247,6 +247,9 @@ def _summarize(record: dict) -> dict:
         seconds = sum(e.get(seconds_key, 0) for e in later)
         record[key] = examples / seconds if later and seconds > 0 else None
     if later:
+        train_seconds = sum(e.get("train_seconds", 0) for e in later)
+        record["hook_share"] = (sum(e.get("hook_seconds", 0) for e in later) / train_seconds
+                                if train_seconds > 0 else None)
         record["gc_seconds"] = sum(e.get("gc_seconds", 0) for e in later)
         record["full_collections"] = sum(e.get("full_collections", 0) for e in later)
     if epochs:

@@ -179,6 +179,29 @@ class GarbageCollections:
 COLLECTIONS = GarbageCollections()
 
 
+class BatchHookTime:
+    """The seconds this process has spent in `keras.callbacks.CallbackList`'s
+    train-batch hooks so far (every loop that calls callbacks calls them there):
+    what a run's batch-level callbacks, its logging among them, cost directly,
+    which drift of the machine's speed barely touches."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        cls = keras.callbacks.CallbackList
+        for name in ("on_train_batch_begin", "on_train_batch_end"):
+            setattr(cls, name, self._timed(getattr(cls, name)))
+
+    def _timed(self, hook):
+        def timed(callbacks, batch, logs=None):
+            start = time.perf_counter()
+            hook(callbacks, batch, logs)
+            self.seconds += time.perf_counter() - start
+        return timed
+
+
+HOOKS = BatchHookTime()
+
+
 class Recorder:
     """Times epochs and takes a snapshot of traces and memory at each epoch end."""
 
@@ -190,7 +213,7 @@ class Recorder:
     @staticmethod
     def _clocks() -> tuple:
         return (time.perf_counter(), time.process_time(), COLLECTIONS.seconds,
-                COLLECTIONS.full)
+                COLLECTIONS.full, HOOKS.seconds)
 
     def begin(self) -> None:
         self._begin, self._train_end = self._clocks(), None
@@ -201,12 +224,14 @@ class Recorder:
 
     def end(self, examples: int) -> None:
         self.train_done()
-        wall, cpu, gc_seconds, full = (b - a for a, b in zip(self._begin, self._train_end))
+        wall, cpu, gc_seconds, full, hooks = (b - a for a, b in zip(self._begin,
+                                                                    self._train_end))
         self.epochs.append({"examples": int(examples),
                             "train_seconds": wall,
                             "train_cpu_seconds": cpu,
                             "gc_seconds": gc_seconds,
                             "full_collections": full,
+                            "hook_seconds": hooks,
                             "traces": dict(self.traces() or {}),
                             "rss_mb": memory_mb()["rss"]})
 

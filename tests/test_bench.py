@@ -47,6 +47,10 @@ def test_quick_run_measures_every_variant(tmp_path):
             assert rows[variant]["vs_baseline"] > 0, variant
     for mode in ("fit", "train_on_batch", "tape"):
         assert rows[f"harness-{mode}"]["logging_cost_pct"] is not None
+        # the time in the callbacks' batch hooks, logging on minus off
+        assert rows[f"harness-{mode}"]["hook_share_pct"] > 0
+        assert rows[f"harness-{mode}"]["logging_cost_hooks_pct"] is not None
+    assert rows["bare-tape"]["hook_share_pct"] == 0  # a loop with no callbacks
     assert result["targets"], "the issue's targets are checked"
     interleaved = result["main"]["interleaved_tape"]  # the ceiling between tape executions
     assert interleaved["executions"] == len(interleaved["pairs"]) > 0
