@@ -450,18 +450,18 @@ def knob_table(args, settings: dict, out: str, log) -> dict:
     import keras
     steps = math.ceil((settings["num_examples"] or REUTERS_TRAIN) / settings["batch_size"])
     cells = knob_cells(steps)
-    runs = {(mode, knob): [] for mode, knob, fields, _ in cells if fields is not None}
+    fields_of = {(mode, knob): fields for mode, knob, fields, _ in cells if fields is not None}
+    runs = {key: [] for key in fields_of}
     errors: list = []
     logdir = os.path.join(out, "runs")
     for repeat in range(args.repeats):
         for mode, knob in random.Random(repeat).sample(sorted(runs), len(runs)):
-            fields = next(f for m, k, f, _ in cells if (m, k) == (mode, knob))
             keras.backend.clear_session()
             gc.collect()
             name = f"{mode}-{knob.replace('=', '')}-r{repeat + 1}"
+            extra = {**settings["extra"], **fields_of[(mode, knob)]}
             record = _safely(name, errors, args.retry_wait, run_once, f"harness-{mode}",
-                             dict(settings, extra={**settings["extra"], **fields}), None,
-                             logdir, name, log)
+                             dict(settings, extra=extra), None, logdir, name, log)
             runs[(mode, knob)].append(record)  # None for a failed run keeps repeats paired
             if record:
                 print(f"bench: repeat {repeat + 1}/{args.repeats} {mode:<15} {knob:<27} "
