@@ -37,7 +37,7 @@ _START, _OOV, _FIRST_WORD = 1, 2, 3
 _KEYWORDS_PER_CLASS = 4
 _KEYWORD_SHARE = 0.2
 _CHUNK_ROWS = 2048  # synthetic rows generated at a time
-ROWS_PER_GATHER = 4096  # training rows gathered at a time (see train_stream)
+ROWS_PER_GATHER = 4096  # training rows gathered at a time (see TrainStream)
 _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
 
 
@@ -132,10 +132,8 @@ def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int,
                   tokens[num_examples:], labels[num_examples:], num_classes)
 
 
-def train_stream(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
-                 start_step: int = 0, rows_per_gather: int = ROWS_PER_GATHER
-                 ) -> tf.data.Dataset:
-    """An endless stream of shuffled batches, positioned at global step `start_step`.
+class TrainStream:
+    """The training batches: an endless stream of shuffled passes over (`x`, `y`).
 
     Every pass over the data (a "data epoch") is a permutation seeded by (`seed`,
     pass number) and ends with its partial batch, so the batch at a given global
@@ -145,48 +143,95 @@ def train_stream(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
     slices of the part: tf.data spent about half the CPU per batch of an
     element-wise cache -> shuffle -> batch pipeline (36 against 79 µs per Reuters
     batch here), and the tape loop trained ~1.5% faster. The parts keep that
-    pipeline's memory flat as the data grows: the arrays plus two parts.
-    """
-    size = num_examples(x)
-    batches_per_pass = math.ceil(size / batch_size)
-    first_pass, offset = divmod(start_step, batches_per_pass)
-    rows_per_part = batch_size * max(1, rows_per_gather // batch_size)
-    arrays = tf.nest.map_structure(tf.constant, (x, y))
+    pipeline's memory flat as the data grows: the arrays (held once, however many
+    datasets are made) plus two parts.
 
-    def permutation(pass_number):
+    `batches` is the stream itself. `full_batches` and `partial_batches` cut the
+    same stream in two, each with a static batch size, for a loop that reads them
+    from two iterators (see loops._StaticBatches).
+    """
+
+    def __init__(self, x, y, *, batch_size: int, seed: int,
+                 rows_per_gather: int = ROWS_PER_GATHER) -> None:
+        self.batch_size = batch_size
+        self.seed = seed
+        self.size = num_examples(x)
+        self.batches_per_pass = math.ceil(self.size / batch_size)
+        self.partial_size = self.size % batch_size  # 0: every batch is full
+        self._rows_per_part = batch_size * max(1, rows_per_gather // batch_size)
+        self._arrays = tf.nest.map_structure(tf.constant, (x, y))
+
+    def batches(self, start_step: int = 0) -> tf.data.Dataset:
+        """Every batch, from global step `start_step` on."""
+        return self._sliced(start_step, with_partial=True)
+
+    def full_batches(self, start_step: int = 0) -> tf.data.Dataset:
+        """The full batches from global step `start_step` on, with a static batch size."""
+        return self._sliced(start_step, with_partial=False)
+
+    def partial_batches(self, start_step: int = 0) -> tf.data.Dataset:
+        """The partial batch of every pass from global step `start_step` on (shape static)."""
+        if not self.partial_size:
+            raise ValueError(f"{self.size} examples make whole batches of {self.batch_size}: "
+                             "the stream has no partial batches")
+        first_pass = start_step // self.batches_per_pass  # its partial batch is at or after it
+        tail = self.size - self.partial_size
+        passes = tf.data.Dataset.range(first_pass, 2**62)
+        return _one_ahead(passes.map(lambda n: self._gather(self._permutation(n)[tail:])))
+
+    def next_partial_step(self, step: int) -> Optional[int]:
+        """The first global step from `step` on that trains on a partial batch (None: never)."""
+        if not self.partial_size:
+            return None
+        return step + (self.batches_per_pass - 1 - step % self.batches_per_pass)
+
+    def _sliced(self, start_step: int, *, with_partial: bool) -> tf.data.Dataset:
+        first_pass, offset = divmod(start_step, self.batches_per_pass)
+
+        def parts_of(order):
+            return _slices(order, self._rows_per_part)
+
+        def batches_of(*part):
+            return _slices(part, self.batch_size, with_rest=with_partial)
+
+        parts = (tf.data.Dataset.range(first_pass, 2**62).map(self._permutation)
+                 .flat_map(parts_of).map(self._gather).prefetch(1))
+        # Without the partial batches the offset is the same: a pass's partial batch is its last.
+        return _one_ahead(parts.flat_map(batches_of).skip(offset))
+
+    def _permutation(self, pass_number):
         return tf.random.experimental.stateless_shuffle(
-            tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), pass_number]),
+            tf.range(self.size), seed=tf.stack([tf.constant(self.seed, tf.int64), pass_number]),
             alg="philox")
 
-    def parts_of(order):
-        return _slices(order, rows_per_part)
+    def _gather(self, rows):
+        return tf.nest.map_structure(lambda array: tf.gather(array, rows), self._arrays)
 
-    def gather_part(rows):
-        return tf.nest.map_structure(lambda array: tf.gather(array, rows), arrays)
 
-    def batches_of(*part):
-        return _slices(part, batch_size)
-
-    parts = (tf.data.Dataset.range(first_pass, 2**62).map(permutation)
-             .flat_map(parts_of).map(gather_part).prefetch(1))
-    # One batch ahead with tf.data's autotuner off: the tape loop trained ~1.5% faster
-    # than with prefetch(AUTOTUNE) in 7 of 7 processes here (100-step calls interleaved
-    # with a one-batch ceiling); the batches are slices, so nothing needs tuning.
+def _one_ahead(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` prefetched one batch ahead with tf.data's autotuner off: the tape loop
+    trained ~1.5% faster than with prefetch(AUTOTUNE) in 7 of 7 processes here (100-step
+    calls interleaved with a one-batch ceiling); the batches are slices, so nothing
+    needs tuning."""
     options = tf.data.Options()
     options.autotune.enabled = False
-    return parts.flat_map(batches_of).skip(offset).prefetch(1).with_options(options)
+    return dataset.prefetch(1).with_options(options)
 
 
-def _slices(tensors, length: int) -> tf.data.Dataset:
-    """`tensors` (a nest) cut along axis 0 into slices of `length` rows; a shorter rest last."""
+def _slices(tensors, length: int, *, with_rest: bool = True) -> tf.data.Dataset:
+    """`tensors` (a nest) cut along axis 0 into slices of `length` rows, then (if
+    `with_rest`) a shorter rest; the whole slices have a static first dimension."""
     rows = tf.shape(tf.nest.flatten(tensors)[0])[0]
     whole = rows - rows % length
     full = tf.nest.map_structure(
         lambda tensor: tf.reshape(tensor[:whole], [-1, length, *tensor.shape[1:]]), tensors)
+    slices = tf.data.Dataset.from_tensor_slices(full)
+    if not with_rest:
+        return slices
     rest = tf.nest.map_structure(lambda tensor: tensor[whole:], tensors)
     nonempty = tf.data.Dataset.from_tensors(rest).filter(
         lambda *part: tf.shape(tf.nest.flatten(part)[0])[0] > 0)
-    return tf.data.Dataset.from_tensor_slices(full).concatenate(nonempty)
+    return slices.concatenate(nonempty)
 
 
 def validation_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int) -> tf.data.Dataset:

@@ -7,7 +7,6 @@ is touched.
 """
 
 import dataclasses
-import functools
 import os
 import shutil
 import tempfile
@@ -109,8 +108,8 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
                                          batch_size=config.batch_size)
     if config.validation_steps:
         validation = validation.take(config.validation_steps)
-    stream_at = functools.partial(data.train_stream, splits.x_train, splits.y_train,
-                                  batch_size=config.batch_size, seed=config.seed)
+    stream = data.TrainStream(splits.x_train, splits.y_train, batch_size=config.batch_size,
+                              seed=config.seed)
     checkpointing = Checkpointing(manager, config.checkpoint_every_steps)
     callback_list = keras.callbacks.CallbackList(
         _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn, user_callbacks),
@@ -122,7 +121,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
     try:
-        loops.run(config.mode, model, lambda step: stream_at(start_step=step), validation,
+        loops.run(config.mode, model, stream, validation,
                   callback_list, schedule, jit_compile=config.jit_compile)
     except (Interrupted, NonFinite) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back

@@ -1,6 +1,6 @@
 """Data: the synthetic set, the tf.data pipeline, and the real Reuters file.
 
-The pipeline tests pull real batches out of `train_stream`; the Reuters tests
+The pipeline tests pull real batches out of `TrainStream`; the Reuters tests
 use the Keras-identical reuters.npz from the shared data folder (they skip if
 it is absent), a truncated copy of it, and folders that lack it.
 """
@@ -69,13 +69,16 @@ BATCH = 8
 BATCHES_PER_PASS = math.ceil(50 / BATCH)  # 7: six of 8, then a partial batch of 2
 
 
+def _stream(seed: int = 7, **options) -> data.TrainStream:
+    return data.TrainStream(X, Y, batch_size=BATCH, seed=seed, **options)
+
+
 def _batches(dataset, count: int) -> list:
     return [(x.numpy(), y.numpy()) for x, y in dataset.take(count)]
 
 
 def test_stream_passes_are_seeded_permutations_reshuffled_each_pass():
-    batches = _batches(data.train_stream(X, Y, batch_size=BATCH, seed=7),
-                       3 * BATCHES_PER_PASS)
+    batches = _batches(_stream().batches(), 3 * BATCHES_PER_PASS)
     sizes = [len(y) for _, y in batches]
     assert sizes == ([BATCH] * 6 + [2]) * 3  # each pass ends with its partial batch
     passes = [np.concatenate([y for _, y in batches[i * 7:(i + 1) * 7]]) for i in range(3)]
@@ -86,8 +89,8 @@ def test_stream_passes_are_seeded_permutations_reshuffled_each_pass():
     for x, y in batches:
         np.testing.assert_array_equal(x, X[y])  # features stay with their labels
 
-    again = _batches(data.train_stream(X, Y, batch_size=BATCH, seed=7), 3 * 7)
-    other = _batches(data.train_stream(X, Y, batch_size=BATCH, seed=8), 7)
+    again = _batches(_stream().batches(), 3 * 7)
+    other = _batches(_stream(seed=8).batches(), 7)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(batches, other))
 
@@ -96,12 +99,39 @@ def test_stream_passes_are_seeded_permutations_reshuffled_each_pass():
                                         BATCHES_PER_PASS + 3, 2 * BATCHES_PER_PASS + 6])
 def test_stream_positioned_at_a_step_equals_skipping_to_it(start_step):
     """What a resumed run (or any loop at global step k) sees is batch k onwards."""
-    expected = _batches(data.train_stream(X, Y, batch_size=BATCH, seed=7).skip(start_step),
-                        BATCHES_PER_PASS + 2)
-    actual = _batches(data.train_stream(X, Y, batch_size=BATCH, seed=7,
-                                        start_step=start_step), BATCHES_PER_PASS + 2)
+    expected = _batches(_stream().batches().skip(start_step), BATCHES_PER_PASS + 2)
+    actual = _batches(_stream().batches(start_step), BATCHES_PER_PASS + 2)
     assert len(actual) == len(expected) == BATCHES_PER_PASS + 2
     for (xa, ya), (xe, ye) in zip(actual, expected):
+        np.testing.assert_array_equal(ya, ye)
+        np.testing.assert_array_equal(xa, xe)
+
+
+@pytest.mark.parametrize("start_step", [0, 3, BATCHES_PER_PASS - 1, BATCHES_PER_PASS + 2])
+def test_full_and_partial_batches_cut_the_stream_in_two(start_step):
+    """The tape loop reads the full batches and the partial ones from two datasets, each
+    with a static batch size; in stream order they are the stream's batches."""
+    stream = _stream()
+    full, partial = stream.full_batches(start_step), stream.partial_batches(start_step)
+    assert [spec.shape.as_list() for spec in full.element_spec] == [[BATCH, 3], [BATCH]]
+    assert [spec.shape.as_list() for spec in partial.element_spec] == [[2, 3], [2]]
+    full, partial = iter(full), iter(partial)
+    for step, (x, y) in enumerate(_batches(stream.batches(start_step), 2 * BATCHES_PER_PASS),
+                                  start=start_step):
+        is_partial = stream.next_partial_step(step) == step
+        assert is_partial == (step % BATCHES_PER_PASS == BATCHES_PER_PASS - 1)
+        xa, ya = next(partial if is_partial else full)
+        np.testing.assert_array_equal(ya, y)
+        np.testing.assert_array_equal(xa, x)
+
+
+def test_whole_batches_only_when_the_batch_size_divides_the_data():
+    stream = data.TrainStream(X[:48], Y[:48], batch_size=BATCH, seed=7)
+    assert stream.partial_size == 0 and stream.next_partial_step(5) is None
+    with pytest.raises(ValueError, match="no partial batches"):
+        stream.partial_batches()
+    for (xa, ya), (xe, ye) in zip(_batches(stream.full_batches(4), 8),
+                                  _batches(stream.batches(4), 8)):
         np.testing.assert_array_equal(ya, ye)
         np.testing.assert_array_equal(xa, xe)
 
@@ -140,8 +170,8 @@ def _body_ops(graph, function_prefix: str) -> list:
 def test_stream_batches_do_not_depend_on_the_gathered_parts(rows_per_gather):
     """Parts of 1 batch (1 and 12 round down to 8 rows), 2, 6 (then a part of just the partial
     batch) or 7 (the whole pass): the same batches as the default, one part per pass here."""
-    whole_passes = data.train_stream(X, Y, batch_size=BATCH, seed=7)
-    in_parts = data.train_stream(X, Y, batch_size=BATCH, seed=7, rows_per_gather=rows_per_gather)
+    whole_passes = _stream().batches()
+    in_parts = _stream(rows_per_gather=rows_per_gather).batches()
     for (xe, ye), (xa, ya) in zip(*(_batches(s, 2 * BATCHES_PER_PASS + 1)
                                    for s in (whole_passes, in_parts))):
         np.testing.assert_array_equal(ya, ye)
@@ -151,7 +181,7 @@ def test_stream_batches_do_not_depend_on_the_gathered_parts(rows_per_gather):
 def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     """pad (numpy) -> per pass: seeded permutation -> its parts, each one gather (a part
     ahead) -> batches sliced from the part -> prefetch(1), read from the dataset's graph."""
-    stream = data.train_stream(X, Y, batch_size=BATCH, seed=7)
+    stream = _stream().batches()
     assert not stream.options().autotune.enabled
     graph = _graph(stream)
     nodes = {node.name: node for node in graph.node}
@@ -162,10 +192,10 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     for prefetch in (stages[1], stages[4]):  # one batch ahead; one part ahead
         assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == 1
     # Each pass (Map over pass numbers): one permutation, cut into parts of rows...
-    assert _body_ops(graph, "__inference_Dataset_map_permutation").count("StatelessShuffle") == 1
+    assert _body_ops(graph, "__inference_Dataset_map_TrainStream._permutation").count("StatelessShuffle") == 1
     assert "TensorSliceDataset" in _body_ops(graph, "__inference_Dataset_flat_map_parts_of")
     # ...each part one gather of each array...
-    assert _body_ops(graph, "__inference_Dataset_map_gather_part").count("GatherV2") == 2
+    assert _body_ops(graph, "__inference_Dataset_map_TrainStream._gather").count("GatherV2") == 2
     # ...then its batches are slices of it, with the partial batch last.
     batch_ops = _body_ops(graph, "__inference_Dataset_flat_map_batches_of")
     assert {"TensorSliceDataset", "TensorDataset", "ConcatenateDataset"} <= set(batch_ops)

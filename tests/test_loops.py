@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import models
+from harness import data, loops, models
 from harness.config import BUILTIN_MODELS, MIN_MAX_LEN, MODES, Config
 from harness.errors import UsageError
 from harness.train import train
@@ -211,6 +211,24 @@ def test_train_on_batch_resets_metrics_in_one_compiled_call(make_config):
     assert isinstance(peek.reset_metrics, tf.types.experimental.PolymorphicFunction)
     assert peek.reset_metrics.experimental_get_tracing_count() == 1
     assert "reset_metrics" not in vars(peek.model)
+
+
+@pytest.mark.parametrize("start_step, counts", [(0, [3, 5, 9, 1, 7]), (6, [1, 2, 20])])
+def test_tape_input_reads_the_stream_in_order(start_step, counts):
+    """The tape loop reads full and partial batches from two iterators; however its
+    executions cut the steps, it trains on the stream's batches in the stream's order."""
+    x, y = np.arange(50 * 3, dtype=np.int32).reshape(50, 3), np.arange(50, dtype=np.int32)
+    stream = data.TrainStream(x, y, batch_size=8, seed=7)  # passes of 6 x 8 and then 2
+    batches = loops._StaticBatches(stream, start_step, distribute=lambda dataset: dataset)
+    read = []
+    for count in counts:
+        runs = batches.take(count)
+        assert sum(steps for _, steps in runs) == count
+        for iterator, steps in runs:
+            read += [next(iterator)[1].numpy() for _ in range(steps)]
+    expected = [labels.numpy() for _, labels in stream.batches(start_step).take(sum(counts))]
+    assert [list(labels) for labels in read] == [list(labels) for labels in expected]
+    assert {len(labels) for labels in read} == {8, 2}
 
 
 # --- Learning ----------------------------------------------------------------------------------
