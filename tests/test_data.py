@@ -180,7 +180,7 @@ def test_stream_batches_do_not_depend_on_the_gathered_parts(rows_per_gather):
 
 def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     """pad (numpy) -> per pass: seeded permutation -> its parts, each one gather (a part
-    ahead) -> batches sliced from the part -> prefetch(1), read from the dataset's graph."""
+    ahead) -> batches sliced from the part -> prefetch, read from the dataset's graph."""
     stream = _stream().batches()
     assert not stream.options().autotune.enabled
     graph = _graph(stream)
@@ -189,8 +189,8 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     stages = _stages(nodes, _input_of(nodes, retval.input[0]))
     assert [_op(node) for node in stages] == [
         "Options", "Prefetch", "Skip", "FlatMap", "Prefetch", "Map", "FlatMap", "Map", "Range"]
-    for prefetch in (stages[1], stages[4]):  # one batch ahead; one part ahead
-        assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == 1
+    for prefetch, ahead in ((stages[1], data.BATCHES_AHEAD), (stages[4], 1)):  # batches; a part
+        assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == ahead
     # Each pass (Map over pass numbers): one permutation, cut into parts of rows...
     assert _body_ops(graph, "__inference_Dataset_map_TrainStream._permutation").count("StatelessShuffle") == 1
     assert "TensorSliceDataset" in _body_ops(graph, "__inference_Dataset_flat_map_parts_of")
