@@ -214,10 +214,10 @@ def _prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
     Measured with the tape loop's 100-step calls paired with a one-batch ceiling in
     one process: prefetch(1) with the autotuner off was ~1.5% faster than
-    prefetch(AUTOTUNE) (7 of 7 processes), and 4 batches ahead were faster again
-    than 1 (5 of 5 processes, +0 to +6.7 points of the ceiling, median +2.5): on two
-    cores tf.data's thread gets the CPU late, and a deeper buffer covers that. The
-    batches are slices, so nothing needs tuning."""
+    prefetch(AUTOTUNE) (7 of 7 processes), and 4 batches ahead faster again than 1
+    (4 of 5 processes, the fifth level; +0 to +6.7 points of the ceiling, median
+    +2.5): on two cores tf.data's thread gets the CPU late, and a deeper buffer
+    covers that. The batches are slices, so nothing needs tuning."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(BATCHES_AHEAD).with_options(options)

@@ -212,9 +212,9 @@ class _TapeSteps:
 
     One compiled call pulls `count` batches from an iterator and trains on each
     in a `tf.range` loop, so Python runs once per execution, not once per step
-    (Keras's own train function works the same way). The batches come from
-    `_StaticBatches`, so every call sees a static batch size. Each step runs on every
-    replica through `strategy.run` (a plain call on the default strategy). The
+    (Keras's own train function works the same way); the iterators come from
+    `_StaticBatches`, so every call sees a static batch size. Each step runs on
+    every replica through `strategy.run` (a plain call on the default strategy). The
     loss is the model's compiled loss (`model.compute_loss`), so losses, loss
     weights and regularizers count exactly as in `fit`: Keras divides it by the
     number of replicas, and the optimizer sums the replicas' gradients, which

@@ -192,7 +192,8 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     for prefetch, ahead in ((stages[1], data.BATCHES_AHEAD), (stages[4], 1)):  # batches; a part
         assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == ahead
     # Each pass (Map over pass numbers): one permutation, cut into parts of rows...
-    assert _body_ops(graph, "__inference_Dataset_map_TrainStream._permutation").count("StatelessShuffle") == 1
+    permutation = _body_ops(graph, "__inference_Dataset_map_TrainStream._permutation")
+    assert permutation.count("StatelessShuffle") == 1
     assert "TensorSliceDataset" in _body_ops(graph, "__inference_Dataset_flat_map_parts_of")
     # ...each part one gather of each array...
     assert _body_ops(graph, "__inference_Dataset_map_TrainStream._gather").count("GatherV2") == 2
