@@ -175,7 +175,8 @@ class TrainStream:
         if not self.partial_size:
             raise ValueError(f"{self.size} examples make whole batches of {self.batch_size}: "
                              "the stream has no partial batches")
-        first_pass = start_step // self.batches_per_pass  # its partial batch is at or after it
+        # The pass holding `start_step`: its partial batch is its last step, so not yet trained.
+        first_pass = start_step // self.batches_per_pass
         tail = self.size - self.partial_size
         passes = tf.data.Dataset.range(first_pass, 2**62)
         return _prefetched(passes.map(lambda n: self._gather(self._permutation(n)[tail:])))
