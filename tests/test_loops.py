@@ -213,6 +213,38 @@ def test_train_on_batch_resets_metrics_in_one_compiled_call(make_config):
     assert "reset_metrics" not in vars(peek.model)
 
 
+class _TestBatchHooks(keras.callbacks.Callback):
+    """Records the validation batch indices the test batch hooks see."""
+
+    def on_test_begin(self, logs=None):
+        self.seen = []
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.seen.append(("begin", batch))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.seen.append(("end", batch))
+
+
+def test_tape_validates_in_executions(make_config):
+    """The tape loop evaluates up to steps_per_execution validation batches per
+    compiled call, the hooks seeing each execution's first and last batch (50
+    examples in batches of 8: 7 batches, in calls of 3), with the figures of one
+    call per batch."""
+    seen, histories = {}, {}
+    for per_execution in (1, 3):
+        hooks = _TestBatchHooks()
+        result = train(make_config(mode="tape", batch_size=8, steps_per_execution=per_execution,
+                                   run_name=f"spe{per_execution}"),
+                       print_fn=lambda line: None, callbacks=[hooks])
+        seen[per_execution], histories[per_execution] = hooks.seen, result.history
+    assert seen[1] == [(hook, batch) for batch in range(7) for hook in ("begin", "end")]
+    assert seen[3] == [("begin", 0), ("end", 2), ("begin", 3), ("end", 5),
+                       ("begin", 6), ("end", 6)]
+    for name in ("val_loss", "val_accuracy", "val_top5_accuracy"):
+        assert histories[3][name] == pytest.approx(histories[1][name], rel=1e-5), name
+
+
 @pytest.mark.parametrize("start_step, counts", [(0, [3, 5, 9, 1, 7]), (6, [1, 2, 20])])
 def test_tape_input_reads_the_stream_in_order(start_step, counts):
     """The tape loop reads full and partial batches from two iterators; however its
