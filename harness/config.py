@@ -78,6 +78,8 @@ class Config:
     loss_weights: tuple = ()  # (("priority", 1.0), ("department", 0.2)) for multi_io
     strategy: str = "default"
     cpu_replicas: int = 0
+    intra_op_threads: int = 0  # 0 = TensorFlow's choice (the number of cores)
+    inter_op_threads: int = 0  # 0 = TensorFlow's choice (the number of cores)
 
     def validate(self) -> "Config":
         """Returns self if every value is allowed; raises UsageError otherwise."""
@@ -102,6 +104,10 @@ class Config:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name}={getattr(self, name)} is not allowed: "
                                  "it must be 0 (off) or a positive number")
+        for name in ("intra_op_threads", "inter_op_threads"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name}={getattr(self, name)} is not allowed: it must be "
+                                 "0 (TensorFlow's choice) or a positive number of threads")
         if self.num_classes is not None:
             if self.num_classes < 2:
                 raise UsageError(f"--num_classes={self.num_classes} is not allowed: "

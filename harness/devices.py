@@ -1,9 +1,12 @@
-"""Choosing devices before anything touches them: GPUs, memory growth, memory limit.
+"""Choosing devices before anything touches them: GPUs, memory growth, memory
+limit, and the CPU's thread pools.
 
 The tutorials begin with `tf.config.set_visible_devices` and
 `tf.config.experimental.set_memory_growth`; here they are flags, applied once,
 before the first tensor is created. On a machine without a GPU the defaults are
 accepted and the run says it trains on the CPU; naming a GPU is an error there.
+The thread counts (`tf.config.threading`) are fixed the same way: TensorFlow
+reads them once, when it starts.
 """
 
 from typing import Optional, Sequence
@@ -51,3 +54,35 @@ def configure(gpus: Optional[Sequence[int]], memory_growth: bool,
     limit = f", {memory_limit_mb} MB each" if memory_limit_mb else (
         ", memory growth on" if memory_growth else "")
     return f"harness: training on {names}{limit}"
+
+
+def configure_threads(intra_op: int, inter_op: int) -> Optional[str]:
+    """Sets TensorFlow's thread pools; returns a line saying so, or None if both
+    are 0 (TensorFlow's own choice, the number of cores, is kept).
+
+    Args:
+        intra_op: threads one op may split its work over; 0 = TensorFlow's choice.
+        inter_op: ops that may run at once; 0 = TensorFlow's choice.
+
+    Raises:
+        UsageError: TensorFlow already started in this process with other counts.
+    """
+    threading = tf.config.threading
+    for flag, wanted, get, set_ in (
+            ("intra_op_threads", intra_op, threading.get_intra_op_parallelism_threads,
+             threading.set_intra_op_parallelism_threads),
+            ("inter_op_threads", inter_op, threading.get_inter_op_parallelism_threads,
+             threading.set_inter_op_parallelism_threads)):
+        if wanted and get() != wanted:
+            try:
+                set_(wanted)
+            except RuntimeError:  # TensorFlow has started: its pools are fixed
+                raise UsageError(f"--{flag}={wanted} could not be applied: TensorFlow already "
+                                 f"runs in this process with {get() or 'its own choice of'} "
+                                 "threads; set the thread counts before TensorFlow first "
+                                 "runs (as the command line does)") from None
+    if not (intra_op or inter_op):
+        return None
+    choice = "TensorFlow's choice"
+    return (f"harness: CPU threads: {intra_op or choice} per op (intra-op), "
+            f"{inter_op or choice} ops at once (inter-op)")

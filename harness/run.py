@@ -94,6 +94,11 @@ flags.DEFINE_string("strategy", _D.strategy,
 flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas,
                      "With --strategy=mirrored and no GPU: split the CPU into N logical "
                      "devices (to try data parallelism on a CPU-only machine)")
+flags.DEFINE_integer("intra_op_threads", _D.intra_op_threads,
+                     "Threads one op may split its work over (0 = TensorFlow's choice: "
+                     "the number of cores)")
+flags.DEFINE_integer("inter_op_threads", _D.inter_op_threads,
+                     "Ops that may run at once (0 = TensorFlow's choice: the number of cores)")
 flags.DEFINE_string("monitor", _D.monitor, "Metric that picks the best model (best.keras)")
 
 FLAGS = flags.FLAGS

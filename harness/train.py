@@ -56,6 +56,7 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
             was written from that step on.
     """
     config.validate()
+    threads_line = devices.configure_threads(config.intra_op_threads, config.inter_op_threads)
     keras.backend.clear_session()  # fresh layer names: the same tags in every run
     device_line = devices.configure(config.gpus, config.gpu_memory_growth,
                                     config.gpu_memory_limit_mb)
@@ -68,7 +69,8 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
     try:
         with strategy.scope():
             result = _train(config, run_dir, print_fn if chief else _quiet,
-                            [device_line, distribute.describe(strategy)], list(callbacks))
+                            [device_line, threads_line, distribute.describe(strategy)],
+                            list(callbacks))
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -8,6 +8,7 @@ Usage, from the repository root:
     python scripts/bench.py --batch_sizes 32,64,128,256,512 # batch-size scaling table
     python scripts/bench.py --data_scale 1,2,4,8            # data-size scaling table
     python scripts/bench.py --knobs                         # what each speed knob does
+    python scripts/bench.py --knobs intra_op_threads=1      # ... or only the ones named
 
 Throughput: every variant trains in this one process, the variants interleaved
 (in a new seeded random order each repeat) and repeated; examples/s is measured over whole epochs
@@ -19,7 +20,11 @@ tables run every point in its own subprocess (examples/s and peak RSS together).
 The knob table (--knobs) runs the harness in each mode with its defaults and with
 each of --steps_per_execution, --jit_compile and --mixed_precision, interleaved
 in this process like the main table, and gives each knob's speed-up paired per
-repeat against the same mode's defaults.
+repeat against the same mode's defaults; --intra_op_threads and --inter_op_threads,
+which TensorFlow fixes when it starts, run in fresh subprocesses (interleaved the
+same way) and are paired with the defaults run in a fresh subprocess too.
+`--harness_option intra_op_threads=N` (or inter_op_threads) sets the thread pools
+of the whole benchmark, baselines and ceiling included.
 
 Writes bench.json and bench.md to --out (default logs/bench-<time>/).
 Exit status: 0 on success, 2 on bad arguments or data, 1 if a variant failed.
@@ -32,6 +37,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -45,8 +51,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_report import (REUTERS_TRAIN, MODES, fmt, interleaved_summary,  # noqa: E402
-                          knob_rows, median, table_rows, targets, write_report)
+from bench_report import (REUTERS_TRAIN, MODES, OWN_PROCESS_KNOBS, fmt,  # noqa: E402
+                          interleaved_summary, knob_rows, median, table_rows, targets,
+                          write_report)
 
 REUTERS_SHA256 = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"
 BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
@@ -60,7 +67,13 @@ KNOBS = (("defaults", {}),
          ("steps_per_execution=1", {"steps_per_execution": 1}),
          ("steps_per_execution=epoch", {"steps_per_execution": "epoch"}),
          ("jit_compile", {"jit_compile": True}),
-         ("mixed_precision", {"mixed_precision": True}))
+         ("mixed_precision", {"mixed_precision": True}),
+         # TensorFlow fixes its thread pools when it starts: these run in fresh processes,
+         # paired with the defaults run the same way (OWN_PROCESS_KNOBS).
+         ("defaults, own process", {}),
+         ("intra_op_threads=1", {"intra_op_threads": 1}),
+         ("inter_op_threads=1", {"inter_op_threads": 1}))
+THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
 DEFAULTS = dict(epochs=3, repeats=3, max_len=300, retry_wait=60.0)
 QUICK = dict(num_examples=256, max_len=50, epochs=3, repeats=1, retry_wait=0.0)
 
@@ -94,9 +107,10 @@ def parse_args(argv):
         help="scaling table over batch sizes, e.g. 32,64,128,256,512 (skips the main table)")
     add("--data_scale", default=None,
         help="scaling table over synthetic datasets of K x Reuters's size, e.g. 1,2,4,8")
-    add("--knobs", action="store_true",
-        help="knob table: the harness in every mode with each of steps_per_execution, "
-             "jit_compile and mixed_precision vs its defaults (skips the main table)")
+    add("--knobs", nargs="?", const="all", default=None, metavar="KNOB,...",
+        help="knob table: the harness in every mode with each knob vs its defaults (skips "
+             "the main table); optionally a comma list of the knobs to measure, of: "
+             + ",".join(name for name, _ in KNOBS if not name.startswith("defaults")))
     add("--harness_option", action="append", default=[], metavar="NAME=VALUE",
         help="extra harness Config field for the harness variants (repeatable), "
              "e.g. steps_per_execution=16")
@@ -145,6 +159,7 @@ def _check(args) -> None:
     if args.knobs and (args.batch_sizes or args.data_scale):
         raise BadInput("--knobs cannot be combined with --batch_sizes or --data_scale: "
                        "run them one at a time")
+    args.knobs = _knob_list(args.knobs)
     if args.data_scale and "ceiling" in args.variants:
         args.variants.remove("ceiling")  # one batch in memory: the data size means nothing
     args.extra = {}
@@ -171,6 +186,22 @@ def _int_list(flag: str, text):
     if not values or min(values) < 1:
         raise BadInput(f"--{flag}={text!r} is not allowed: give positive whole numbers")
     return values
+
+
+def _knob_list(text) -> list:
+    """The KNOBS entries --knobs asks for, with the defaults they are paired with."""
+    if text is None:
+        return []
+    names = [name for name, _ in KNOBS if not name.startswith("defaults")]
+    wanted = names if text == "all" else [part.strip() for part in text.split(",")
+                                          if part.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown or not wanted:
+        raise BadInput(f"--knobs: unknown {','.join(unknown) or '(empty)'}; use a comma list "
+                       f"of {','.join(names)}")
+    wanted += ["defaults"] if set(wanted) - set(OWN_PROCESS_KNOBS) else []
+    wanted += ["defaults, own process"] if set(wanted) & set(OWN_PROCESS_KNOBS) else []
+    return [(name, fields) for name, fields in KNOBS if name in wanted]
 
 
 def _verified_reuters(data_dir: str) -> str:
@@ -268,12 +299,20 @@ def _summarize(record: dict) -> dict:
     return record
 
 
+def apply_threads(extra: dict) -> None:
+    """Sets TensorFlow's thread pools from the harness options, for every variant of
+    this process (the harness's runs then find them already set)."""
+    from harness.devices import configure_threads
+    configure_threads(*(int(extra.get(field, 0)) for field in THREAD_FIELDS))
+
+
 def run_child(spec_json: str) -> int:
     """Subprocess entry: one variant, one run, in a fresh process; writes a JSON record."""
     spec = json.loads(spec_json)
     settings = spec["settings"]
     home = _keras_home_with(settings.get("reuters_path"))
     try:
+        apply_threads(settings["extra"])
         import bench_variants as bv  # imports TensorFlow and Keras
         base = bv.memory_mb()["rss"]
         data = None if spec["variant"].startswith("harness-") else load_data(settings)
@@ -415,9 +454,10 @@ def interleaved_tape(args, settings: dict, data, logdir: str, log) -> dict:
 # --- Knobs ------------------------------------------------------------------------------
 
 
-def knob_cells(steps_per_epoch: int) -> list:
-    """(mode, knob, Config fields, note) for every mode and knob: fields None and a note
-    where the harness rejects the knob for that mode or it is that mode's default."""
+def knob_cells(knobs: list, steps_per_epoch: int) -> list:
+    """(mode, knob, Config fields, note) for every mode and each of `knobs` (KNOBS
+    entries): fields None and a note where the harness rejects the knob for that mode
+    or it is that mode's default."""
     import dataclasses
 
     from harness.config import Config
@@ -425,7 +465,7 @@ def knob_cells(steps_per_epoch: int) -> list:
     cells = []
     for mode in MODES:
         default = Config(mode=mode, dataset="synthetic")
-        for knob, fields in KNOBS:
+        for knob, fields in knobs:
             fields = {k: steps_per_epoch if v == "epoch" else v for k, v in fields.items()}
             config = dataclasses.replace(default, **fields)
             try:
@@ -444,12 +484,13 @@ def knob_cells(steps_per_epoch: int) -> list:
 def knob_table(args, settings: dict, out: str, log) -> dict:
     """Each applicable (mode, knob) as a harness run (default logging), all of them
     interleaved in a new seeded order every repeat; speed-up = the median over
-    repeats of examples/s with the knob / with that mode's defaults."""
+    repeats of examples/s with the knob / with that mode's defaults (run in a
+    fresh subprocess for the thread knobs, which run in one too)."""
     import gc
 
     import keras
     steps = math.ceil((settings["num_examples"] or REUTERS_TRAIN) / settings["batch_size"])
-    cells = knob_cells(steps)
+    cells = knob_cells(args.knobs, steps)
     fields_of = {(mode, knob): fields for mode, knob, fields, _ in cells if fields is not None}
     runs = {key: [] for key in fields_of}
     errors: list = []
@@ -458,10 +499,16 @@ def knob_table(args, settings: dict, out: str, log) -> dict:
         for mode, knob in random.Random(repeat).sample(sorted(runs), len(runs)):
             keras.backend.clear_session()
             gc.collect()
-            name = f"{mode}-{knob.replace('=', '')}-r{repeat + 1}"
+            label = re.sub(r"[^\w.]+", "-", knob.replace("=", ""))  # a valid run name
+            name = f"{mode}-{label}-r{repeat + 1}"
             extra = {**settings["extra"], **fields_of[(mode, knob)]}
-            record = _safely(name, errors, args.retry_wait, run_once, f"harness-{mode}",
-                             dict(settings, extra=extra), None, logdir, name, log)
+            if knob in OWN_PROCESS_KNOBS:
+                record = _safely(name, errors, args.retry_wait, run_in_subprocess,
+                                 f"harness-{mode}", dict(settings, extra=extra),
+                                 os.path.join(out, "processes"), name, log)
+            else:
+                record = _safely(name, errors, args.retry_wait, run_once, f"harness-{mode}",
+                                 dict(settings, extra=extra), None, logdir, name, log)
             runs[(mode, knob)].append(record)  # None for a failed run keeps repeats paired
             if record:
                 print(f"bench: repeat {repeat + 1}/{args.repeats} {mode:<15} {knob:<27} "
@@ -549,6 +596,7 @@ def main(argv=None) -> int:
                 print(f"bench.py: error: --harness_option {','.join(sorted(unknown))}: not a "
                       "field of harness.config.Config", file=sys.stderr)
                 return 2
+        apply_threads(args.extra)
         result = {"harness_sources": {"start": sources_fingerprint()}}
         if args.batch_sizes or args.data_scale:
             result["scaling"] = scaling(args, settings, out, log)

@@ -99,6 +99,13 @@ def test_knob_table(tmp_path):
     rejected = rows[("train_on_batch", "steps_per_execution=epoch")]
     assert rejected["note"].startswith("rejected: --steps_per_execution=8 does not apply")
     assert rejected.get("speedup") is None
+    for mode in ("fit", "train_on_batch", "tape"):  # in fresh processes, paired likewise
+        assert rows[(mode, "defaults, own process")]["examples_per_second"] > 0
+        for knob, field in (("intra_op_threads=1", "intra_op_threads"),
+                            ("inter_op_threads=1", "inter_op_threads")):
+            assert rows[(mode, knob)]["fields"] == {field: 1}
+            assert rows[(mode, knob)]["speedup"] > 0, (mode, knob)
+    assert len(list((tmp_path / "processes").glob("*.json"))) == 9
     markdown = (tmp_path / "bench.md").read_text()
     assert "## Knobs" in markdown
     assert "| knob | fit | train_on_batch | tape |" in markdown
@@ -110,6 +117,7 @@ def test_knob_table(tmp_path):
     (("--data_dir", "/nonexistent"), "holds no reuters.npz"),
     (("--batch_sizes", "32,x"), "--batch_sizes"),
     (("--num_examples", "0"), "--num_examples=0"),
+    (("--knobs", "intra_op_threads=1,warp"), "--knobs: unknown warp"),
     (("--knobs", "--batch_sizes", "32"), "--knobs cannot be combined"),
 ])
 def test_bad_arguments_exit_2(args, message):

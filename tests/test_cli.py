@@ -85,6 +85,8 @@ BAD_FLAGS = [
     (["--lr_halve_epochs=5;8"], ["--lr_halve_epochs='5;8'"]),
     (["--lr_halve_epochs=0"], ["--lr_halve_epochs=0"]),
     (["--run_name=a/b"], ["--run_name='a/b'"]),
+    (["--intra_op_threads=-1"], ["--intra_op_threads=-1", "TensorFlow's choice"]),
+    (["--inter_op_threads=-4"], ["--inter_op_threads=-4"]),
     (["--resume"], ["--resume", "--run_name"]),
     (["--resume", "--overwrite", "--run_name=r"], ["--resume", "--overwrite"]),
     (["stray"], ["'stray'"]),

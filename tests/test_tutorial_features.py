@@ -388,10 +388,64 @@ def test_naming_a_gpu_on_a_cpu_machine_is_a_usage_error(gpus, make_config, run_t
     (dict(gpus=(-1,)), r"--gpus=-1 is not allowed"),
     (dict(gpus=(0, -2)), r"--gpus=0,-2 is not allowed"),
     (dict(gpu_memory_limit_mb=-5), r"--gpu_memory_limit_mb=-5 is not allowed"),
+    (dict(intra_op_threads=-1), r"--intra_op_threads=-1 is not allowed: it must be 0 "
+                                r"\(TensorFlow's choice\)"),
+    (dict(inter_op_threads=-2), r"--inter_op_threads=-2 is not allowed"),
 ])
-def test_bad_gpu_values_are_usage_errors(overrides, message, make_config):
+def test_bad_device_values_are_usage_errors(overrides, message, make_config):
     with pytest.raises(UsageError, match=message):
         make_config(**overrides)
+
+
+# --- CPU thread pools ------------------------------------------------------------------------
+
+# In a fresh interpreter, since TensorFlow fixes its thread pools when it starts: a run with
+# the flags set, then one asking for other counts in the same process.
+THREADS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from harness.config import Config
+    from harness.errors import UsageError
+    from harness.train import train
+    logdir = sys.argv[1]
+    tiny = dict(mode="tape", epochs=1, num_examples=64, max_len=30, num_words=200,
+                histogram_freq=0, verbose=0, logdir=logdir)
+    lines = []
+    result = train(Config(run_name="threads", intra_op_threads=1, inter_op_threads=3, **tiny),
+                   print_fn=lines.append)
+    import tensorflow as tf  # the pools of the running TensorFlow
+    try:
+        train(Config(run_name="other", inter_op_threads=4, **tiny), print_fn=lines.append)
+        error = None
+    except UsageError as e:
+        error = str(e)
+    print(json.dumps({"lines": lines, "run_dir": result.run_dir, "error": error,
+                      "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+                      "inter": tf.config.threading.get_inter_op_parallelism_threads()}))
+""")
+
+
+def test_thread_flags_set_tensorflows_pools(tmp_path, load_json):
+    logdir = tmp_path / "logs"
+    process = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(logdir)], cwd=tmp_path,
+                             env=harness_env(), capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    out = json.loads(process.stdout.strip().splitlines()[-1])
+    assert (out["intra"], out["inter"]) == (1, 3)
+    assert ("harness: CPU threads: 1 per op (intra-op), 3 ops at once (inter-op)"
+            in out["lines"])
+    flags = load_json(Path(out["run_dir"]) / "flags.json")
+    assert (flags["intra_op_threads"], flags["inter_op_threads"]) == (1, 3)
+    assert load_json(Path(out["run_dir"]) / "history.json")["epoch"] == [1]
+    # Other counts once TensorFlow runs: a usage error, before the run directory exists.
+    assert "--inter_op_threads=4 could not be applied" in out["error"]
+    assert "3 threads" in out["error"]
+    assert sorted(p.name for p in logdir.iterdir()) == ["threads"]
+
+
+def test_thread_flags_default_to_tensorflows_choice():
+    config = Config()
+    assert (config.intra_op_threads, config.inter_op_threads) == (0, 0)
+    assert devices.configure_threads(0, 0) is None
 
 
 # --- The entrypoint's exit status (subprocesses, run side by side) ------------------------
