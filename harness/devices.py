@@ -84,5 +84,5 @@ def configure_threads(intra_op: int, inter_op: int) -> Optional[str]:
     if not (intra_op or inter_op):
         return None
     choice = "TensorFlow's choice"
-    return (f"harness: CPU threads: {intra_op or choice} per op (intra-op), "
-            f"{inter_op or choice} ops at once (inter-op)")
+    return (f"harness: CPU threads: intra-op {intra_op or choice} (threads per op), "
+            f"inter-op {inter_op or choice} (ops at once)")

@@ -431,7 +431,7 @@ def test_thread_flags_set_tensorflows_pools(tmp_path, load_json):
     assert process.returncode == 0, process.stderr[-3000:]
     out = json.loads(process.stdout.strip().splitlines()[-1])
     assert (out["intra"], out["inter"]) == (1, 3)
-    assert ("harness: CPU threads: 1 per op (intra-op), 3 ops at once (inter-op)"
+    assert ("harness: CPU threads: intra-op 1 (threads per op), inter-op 3 (ops at once)"
             in out["lines"])
     flags = load_json(Path(out["run_dir"]) / "flags.json")
     assert (flags["intra_op_threads"], flags["inter_op_threads"]) == (1, 3)
