@@ -51,9 +51,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_report import (REUTERS_TRAIN, MODES, OWN_PROCESS_KNOBS, fmt,  # noqa: E402
-                          interleaved_summary, knob_rows, median, table_rows, targets,
-                          write_report)
+from bench_report import (REUTERS_TRAIN, MODES, OWN_PROCESS_DEFAULTS,  # noqa: E402
+                          THREAD_FIELDS, fmt, interleaved_summary, knob_rows, median,
+                          own_process, table_rows, targets, write_report)
 
 REUTERS_SHA256 = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"
 BASELINES = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
@@ -69,11 +69,10 @@ KNOBS = (("defaults", {}),
          ("jit_compile", {"jit_compile": True}),
          ("mixed_precision", {"mixed_precision": True}),
          # TensorFlow fixes its thread pools when it starts: these run in fresh processes,
-         # paired with the defaults run the same way (OWN_PROCESS_KNOBS).
-         ("defaults, own process", {}),
+         # paired with the defaults run the same way (bench_report.own_process).
+         (OWN_PROCESS_DEFAULTS, {}),
          ("intra_op_threads=1", {"intra_op_threads": 1}),
          ("inter_op_threads=1", {"inter_op_threads": 1}))
-THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
 DEFAULTS = dict(epochs=3, repeats=3, max_len=300, retry_wait=60.0)
 QUICK = dict(num_examples=256, max_len=50, epochs=3, repeats=1, retry_wait=0.0)
 
@@ -199,8 +198,10 @@ def _knob_list(text) -> list:
     if unknown or not wanted:
         raise BadInput(f"--knobs: unknown {','.join(unknown) or '(empty)'}; use a comma list "
                        f"of {','.join(names)}")
-    wanted += ["defaults"] if set(wanted) - set(OWN_PROCESS_KNOBS) else []
-    wanted += ["defaults, own process"] if set(wanted) & set(OWN_PROCESS_KNOBS) else []
+    fields_of = dict(KNOBS)
+    separate = {own_process(name, fields_of[name]) for name in wanted}
+    wanted += [OWN_PROCESS_DEFAULTS] if True in separate else []
+    wanted += ["defaults"] if False in separate else []
     return [(name, fields) for name, fields in KNOBS if name in wanted]
 
 
@@ -502,7 +503,7 @@ def knob_table(args, settings: dict, out: str, log) -> dict:
             label = re.sub(r"[^\w.]+", "-", knob.replace("=", ""))  # a valid run name
             name = f"{mode}-{label}-r{repeat + 1}"
             extra = {**settings["extra"], **fields_of[(mode, knob)]}
-            if knob in OWN_PROCESS_KNOBS:
+            if own_process(knob, fields_of[(mode, knob)]):
                 record = _safely(name, errors, args.retry_wait, run_in_subprocess,
                                  f"harness-{mode}", dict(settings, extra=extra),
                                  os.path.join(out, "processes"), name, log)

@@ -14,8 +14,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 REUTERS_TRAIN = 8982
 MODES = ("fit", "train_on_batch", "tape")
-# Knobs TensorFlow fixes when it starts: each run of these is a fresh subprocess.
-OWN_PROCESS_KNOBS = ("defaults, own process", "intra_op_threads=1", "inter_op_threads=1")
+# Harness options TensorFlow fixes when it starts: a knob setting them runs each time in a
+# fresh subprocess, paired with the defaults run the same way (OWN_PROCESS_DEFAULTS).
+THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
+OWN_PROCESS_DEFAULTS = "defaults, own process"
+
+
+def own_process(knob: str, fields) -> bool:
+    """Whether the knob's runs each need a fresh process."""
+    return knob == OWN_PROCESS_DEFAULTS or bool(set(fields or ()) & set(THREAD_FIELDS))
 MEMORY_NOTE = (
     "Peak RSS: each variant runs once more in a fresh subprocess (same settings) "
     "that reads its own high-water mark VmHWM from /proc/self/status. Not ru_maxrss: "
@@ -149,7 +156,7 @@ def knob_rows(cells: list, runs: dict) -> list:
         records = runs.get((mode, knob))
         if records is not None:
             rates = [r and r.get("examples_per_second") for r in records]
-            reference = ("defaults, own process" if knob in OWN_PROCESS_KNOBS else "defaults")
+            reference = OWN_PROCESS_DEFAULTS if own_process(knob, fields) else "defaults"
             defaults = [r and r.get("examples_per_second") for r in runs[(mode, reference)]]
             speedups = [a / b for a, b in zip(rates, defaults) if a and b]
             values = [v for v in rates if v]
