@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_report import (REUTERS_TRAIN, MODES, OWN_PROCESS_DEFAULTS,  # noqa: E402
-                          THREAD_FIELDS, fmt, interleaved_summary, knob_rows, median,
+                          THREAD_FIELDS, ceiling_ratio, fmt, interleaved_summary, knob_rows, median,
                           own_process, table_rows, targets, write_report)
 
 REUTERS_SHA256 = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"
@@ -433,7 +433,7 @@ def interleaved_tape(args, settings: dict, data, logdir: str, log) -> dict:
     import keras
 
     import bench_variants as bv
-    pairs, per_run = [], []
+    runs = []
     for repeat in range(args.repeats):
         keras.backend.clear_session()
         probe = bv.InterleavedCeiling(data.x_train[:settings["batch_size"]],
@@ -444,12 +444,10 @@ def interleaved_tape(args, settings: dict, data, logdir: str, log) -> dict:
                        max_len=settings["max_len"], num_words=settings["num_words"],
                        logdir=logdir, run_name=f"harness-tape-interleaved-r{repeat + 1}",
                        extra=settings["extra"], print_fn=log, more_callbacks=(probe,))
-        timed = [p for p in probe.pairs if p[0] >= 1]
-        pairs += timed
-        per_run.append(sum(p[3] for p in timed) / sum(p[2] for p in timed))
+        runs.append([p for p in probe.pairs if p[0] >= 1])
         print(f"bench: interleaved {repeat + 1}/{args.repeats} harness-tape vs ceiling "
-              f"{fmt(per_run[-1], 3)} ({len(timed)} executions)", flush=True)
-    return interleaved_summary(pairs, per_run)
+              f"{fmt(ceiling_ratio(runs[-1]), 3)} ({len(runs[-1])} executions)", flush=True)
+    return interleaved_summary(runs)
 
 
 # --- Knobs ------------------------------------------------------------------------------

@@ -61,10 +61,17 @@ def test_quick_run_measures_every_variant(tmp_path):
     ceiling = sum(pair[3] for pair in interleaved["pairs"])
     (tape_target,) = [c for c in result["targets"] if c["target"].endswith("ceiling")]
     assert tape_target["value"] == pytest.approx(ceiling / harness)
+    # each epoch's first execution (one run here: the pairs are in its order)
+    pairs = interleaved["pairs"]
+    firsts = [p for i, p in enumerate(pairs) if not i or pairs[i - 1][0] != p[0]]
+    assert len(firsts) == len({p[0] for p in pairs}) >= 1
+    assert interleaved["first_executions"] == pytest.approx(
+        sum(p[3] for p in firsts) / sum(p[2] for p in firsts))
 
     markdown = (tmp_path / "bench.md").read_text()
     assert "| variant | examples/s (median) |" in markdown
     assert "harness-tape vs the ceiling, interleaved" in markdown
+    assert "each epoch's first execution" in markdown
     for variant in VARIANTS:
         assert f"| {variant} |" in markdown
 
