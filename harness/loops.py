@@ -42,6 +42,11 @@ class Schedule:
         """The global step training starts from."""
         return self.initial_epoch * self.steps_per_epoch + self.initial_step_in_epoch
 
+    @property
+    def end_step(self) -> int:
+        """The global step training ends at."""
+        return self.epochs * self.steps_per_epoch
+
 
 def run(mode: str, model: keras.Model, train: TrainStream,
         validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
@@ -95,7 +100,7 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
     multiples happen exactly there) and at epoch ends; the batch hooks see an
     execution's first and last batch index, as under `fit`.
     """
-    batches = steps.read(train, schedule.start_step)
+    batches = steps.read(train, schedule.start_step, schedule.end_step)
     model.stop_training = False
     callbacks.on_train_begin()
     epoch_logs: Logs = {}
@@ -183,8 +188,11 @@ class _OnBatchSteps:
         updates with Adam-like optimizers differ slightly from one device)."""
         return dataset
 
-    def read(self, stream: TrainStream, start_step: int) -> Iterator:
-        """The training batches from global step `start_step` on: the stream itself."""
+    def read(self, stream: TrainStream, start_step: int, end_step: int) -> Iterator:
+        """The training batches from global step `start_step` on: the stream itself.
+        (Keras traces its step again at the first partial batch, after the first
+        epoch if --steps_per_epoch is shorter than a pass; it cannot be traced ahead.)"""
+        del end_step
         return iter(self.distribute(stream.batches(start_step)))
 
     def reset(self) -> None:
@@ -240,18 +248,27 @@ class _TapeSteps:
         self._steps = tf.function(self._train_steps)
         self._test_step = tf.function(self._test_on_replica, jit_compile=jit_compile)
         self._test = tf.function(self._test_steps)
+        self._trace_partial = False
 
     def distribute(self, dataset: tf.data.Dataset):
         """The dataset split across the strategy's replicas (per global batch)."""
         return self.strategy.experimental_distribute_dataset(dataset)
 
-    def read(self, stream: TrainStream, start_step: int) -> "_StaticBatches":
-        """The training batches from global step `start_step` on."""
+    def read(self, stream: TrainStream, start_step: int, end_step: int) -> "_StaticBatches":
+        """The training batches from global step `start_step` on; training ends at `end_step`."""
+        partial = stream.next_partial_step(start_step)
+        self._trace_partial = partial is not None and partial < end_step
         return _StaticBatches(stream, start_step, self.distribute)
 
     def train(self, batches: "_StaticBatches", count: int) -> Logs:
         for iterator, steps in batches.take(count):
             logs = self._steps(iterator, tf.constant(steps))
+        if self._trace_partial:
+            # The partial batches' step is traced with the first execution, not at the
+            # first partial batch: that comes after the first epoch when
+            # --steps_per_epoch is shorter than a pass, and the step must not retrace then.
+            self._steps.get_concrete_function(batches.partial, tf.constant(1))
+            self._trace_partial = False
         return logs
 
     def test(self, iterator, count: int) -> Logs:
@@ -315,8 +332,8 @@ class _StaticBatches:
         self._stream = stream
         self._step = start_step
         self._full = iter(distribute(stream.full_batches(start_step)))
-        self._partial = (iter(distribute(stream.partial_batches(start_step)))
-                         if stream.partial_size else None)
+        self.partial = (iter(distribute(stream.partial_batches(start_step)))
+                        if stream.partial_size else None)
 
     def take(self, count: int) -> list:
         """The next `count` steps, in order, as (iterator, steps) runs."""
@@ -325,7 +342,7 @@ class _StaticBatches:
         while self._step < end:
             partial = self._stream.next_partial_step(self._step)
             if partial == self._step:
-                runs.append((self._partial, 1))
+                runs.append((self.partial, 1))
             else:
                 runs.append((self._full, min(end, partial or end) - self._step))
             self._step += runs[-1][1]

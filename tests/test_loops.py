@@ -5,6 +5,7 @@ tiny configs; each test reads back what the run left on disk (history.json,
 flags.json, the checkpoints) and checks its contents.
 """
 
+import collections
 import math
 from pathlib import Path
 
@@ -192,6 +193,41 @@ def test_no_retracing_after_the_first_epoch(runs_by_mode, mode):
     one, three = runs_by_mode[mode]
     assert one.trace_counts["train"] >= 1 and one.trace_counts["test"] >= 1
     assert three.trace_counts == one.trace_counts
+
+
+class _TracesPerEpoch(keras.callbacks.Callback):
+    """Counts, per epoch, the traces of the train step (its loss is computed in
+    Python only while a compiled step traces)."""
+
+    def on_train_begin(self, logs=None):
+        self.epoch, self.train_traces = 0, collections.Counter()
+        compute_loss = self.model.compute_loss
+
+        def counting(x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            if training:
+                self.train_traces[self.epoch] += 1
+            return compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                training=training)
+
+        self.model.compute_loss = counting
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+def test_tape_traces_the_partial_batch_step_in_the_first_epoch(make_config):
+    """With epochs of 3 steps and passes of 8 (250 examples in batches of 32), the
+    first partial batch is step 8, in the third epoch; its step is traced with the
+    first execution all the same. (A run that never reaches it does not trace it.)"""
+    traces = {}
+    for epochs in (1, 4):
+        counter = _TracesPerEpoch()
+        train(make_config(mode="tape", epochs=epochs, steps_per_epoch=3,
+                          run_name=f"e{epochs}"), print_fn=lambda line: None,
+              callbacks=[counter])
+        traces[epochs] = counter.train_traces
+    assert traces[1] == {0: 1}  # the full batches' step only
+    assert traces[4] == {0: 2}  # and the partial batches' step, in epoch 1 too
 
 
 class _ModelPeek(keras.callbacks.Callback):
