@@ -5,7 +5,6 @@ tiny configs; each test reads back what the run left on disk (history.json,
 flags.json, the checkpoints) and checks its contents.
 """
 
-import collections
 import math
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import data, loops, models
+from harness import data, loops, models, tracing
 from harness.config import BUILTIN_MODELS, MIN_MAX_LEN, MODES, Config
 from harness.errors import UsageError
 from harness.train import train
@@ -195,24 +194,14 @@ def test_no_retracing_after_the_first_epoch(runs_by_mode, mode):
     assert three.trace_counts == one.trace_counts
 
 
-class _TracesPerEpoch(keras.callbacks.Callback):
-    """Counts, per epoch, the traces of the train step (its loss is computed in
-    Python only while a compiled step traces)."""
+class _TracesAfterEachEpoch(keras.callbacks.Callback):
+    """The number of train-step traces so far, at the end of each epoch."""
 
     def on_train_begin(self, logs=None):
-        self.epoch, self.train_traces = 0, collections.Counter()
-        compute_loss = self.model.compute_loss
+        self.counts, self.train = tracing.count_traces(self.model), []
 
-        def counting(x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            if training:
-                self.train_traces[self.epoch] += 1
-            return compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                training=training)
-
-        self.model.compute_loss = counting
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+    def on_epoch_end(self, epoch, logs=None):
+        self.train.append(self.counts["train"])
 
 
 def test_tape_traces_the_partial_batch_step_in_the_first_epoch(make_config):
@@ -221,13 +210,13 @@ def test_tape_traces_the_partial_batch_step_in_the_first_epoch(make_config):
     first execution all the same. (A run that never reaches it does not trace it.)"""
     traces = {}
     for epochs in (1, 4):
-        counter = _TracesPerEpoch()
+        counter = _TracesAfterEachEpoch()
         train(make_config(mode="tape", epochs=epochs, steps_per_epoch=3,
                           run_name=f"e{epochs}"), print_fn=lambda line: None,
               callbacks=[counter])
-        traces[epochs] = counter.train_traces
-    assert traces[1] == {0: 1}  # the full batches' step only
-    assert traces[4] == {0: 2}  # and the partial batches' step, in epoch 1 too
+        traces[epochs] = counter.train
+    assert traces[1] == [1]  # the full batches' step only
+    assert traces[4] == [2, 2, 2, 2]  # and the partial batches' step, in epoch 1 too
 
 
 class _ModelPeek(keras.callbacks.Callback):
