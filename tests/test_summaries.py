@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tb_util  # noqa: E402  (also puts the repository root on sys.path)
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
 
 from callbacks.lr_halving import LearningRateHalving  # noqa: E402
+from callbacks.summary import write_histogram  # noqa: E402
 from harness import models  # noqa: E402
 from harness.config import Config  # noqa: E402
 from harness.train import train  # noqa: E402
@@ -207,6 +209,38 @@ def test_weight_and_gradient_histograms(runs, weights, mode):
     kernel = next(path for path in weights if path.endswith("head/kernel"))
     first, last = tb_util.values(events, kernel)[0][1], tb_util.values(events, kernel)[-1][1]
     assert not np.array_equal(first, last)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("normal", np.random.default_rng(0).normal(size=(400, 7)).astype(np.float32)),
+    ("one_value", np.full((3, 4), 0.25, np.float32)),
+    ("empty", np.zeros((0, 5), np.float32)),
+    ("sparse_gradient", tf.IndexedSlices(tf.constant([[1.0, -2.0], [3.0, 0.5]]),
+                                         tf.constant([0, 3]), tf.constant([5, 2]))),
+])
+def test_histograms_are_what_tf_summary_histogram_writes(tmp_path, name, data):
+    """write_histogram counts in NumPy; TensorBoard must read back the same
+    summary tf.summary.histogram writes: tag, plugin, step and buckets."""
+    with tf.summary.create_file_writer(str(tmp_path / "tf")).as_default(step=4):
+        tf.summary.histogram(name, data)
+    with tf.summary.create_file_writer(str(tmp_path / "ours")).as_default(step=4):
+        write_histogram(name, data)
+    expected, ours = (tb_util.load_events(tmp_path / kind) for kind in ("tf", "ours"))
+    assert ours.Tags()["tensors"] == expected.Tags()["tensors"] == [name]
+    assert (ours.SummaryMetadata(name).plugin_data.plugin_name
+            == expected.SummaryMetadata(name).plugin_data.plugin_name == "histograms")
+    (step, buckets), = tb_util.values(ours, name)
+    (expected_step, expected_buckets), = tb_util.values(expected, name)
+    assert step == expected_step == 4
+    np.testing.assert_allclose(buckets, expected_buckets, rtol=1e-12)
+
+
+def test_histograms_leave_out_non_finite_values(tmp_path):
+    with tf.summary.create_file_writer(str(tmp_path)).as_default(step=1):
+        write_histogram("w", np.array([1.0, np.nan, 2.0, np.inf, 3.0], np.float32))
+    (_, buckets), = tb_util.values(tb_util.load_events(tmp_path), "w")
+    assert tb_util.histogram_counts(buckets) == 3
+    assert (buckets[0, 0], buckets[-1, 1]) == (1.0, 3.0)
 
 
 # --- Graph, hyperparameters, flags -----------------------------------------------------
