@@ -40,3 +40,8 @@ class StepCallback(keras.callbacks.Callback):
     def crossed(self, every: int) -> bool:
         """Whether the last batch end passed a multiple of `every` steps (0 = never)."""
         return bool(every) and self.global_step // every > self.previous_step // every
+
+
+def ends_epoch(global_step: int, steps_per_epoch: int) -> bool:
+    """Whether `global_step` is the last step of an epoch (whose end is still to run)."""
+    return bool(steps_per_epoch) and global_step > 0 and global_step % steps_per_epoch == 0

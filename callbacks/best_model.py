@@ -1,17 +1,18 @@
 """The best model so far, saved as a `.keras` file that is never half-written."""
 
 import math
-import os
 from typing import Optional
 
 import keras
+
+from callbacks import files
 
 
 class BestModel(keras.callbacks.Callback):
     """Saves the model to `path` whenever `monitor` improves at an epoch end.
 
-    Unlike `keras.callbacks.ModelCheckpoint`, the file is written to a temporary
-    name and then renamed, so a crash during the save leaves the previous best
+    Unlike `keras.callbacks.ModelCheckpoint`, the file is written atomically
+    (`files.atomic_write`), so a crash during the save leaves the previous best
     model intact; and a non-finite value never counts as an improvement.
 
     Args:
@@ -43,6 +44,4 @@ class BestModel(keras.callbacks.Callback):
         if value is None or not self._improves(float(value)):
             return
         self.best = float(value)
-        temporary = self.path[:-len(".keras")] + ".tmp.keras"
-        self.model.save(temporary)
-        os.replace(temporary, self.path)
+        files.atomic_write(self.path, self.model.save, suffix=".keras")

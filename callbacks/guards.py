@@ -10,7 +10,7 @@ import signal
 import threading
 from typing import Callable
 
-from callbacks.base import StepCallback
+from callbacks.base import StepCallback, ends_epoch
 
 
 class NonFinite(RuntimeError):
@@ -49,20 +49,30 @@ class NonFiniteLossGuard(StepCallback):
 class StopOnSignal(StepCallback):
     """Turns SIGTERM and the first SIGINT (Ctrl-C) into a clean stop.
 
-    The signal handler only records the request; at the end of the current
-    train step `on_stop()` runs (e.g. saving a checkpoint of that step) and
-    `Interrupted` is raised. A second Ctrl-C interrupts at once, as usual.
-    Handlers are installed while training runs, and only in the main thread.
+    The signal handler only records the request; the stop comes at the next
+    point where the run's record is whole: the end of the current train step,
+    or, when that step is an epoch's last, the end of that epoch (after its
+    validation, summaries, history and checkpoint, so a resume loses nothing).
+    There `on_stop()` runs (e.g. saving a checkpoint of that step) and
+    `Interrupted` is raised. A stop asked for during the run's last epoch end
+    lets the run finish. A second Ctrl-C interrupts at once, as usual.
+    Handlers are installed by `catch()` (call it as soon as there is a run to
+    protect) or when training begins, and only in the main thread.
 
     Args:
-        on_stop: called before `Interrupted` is raised.
+        on_stop: called before `Interrupted` is raised (may be set once known).
+        steps_per_epoch: train steps per epoch (0: stop at any step end).
+        end_step: the global step the run ends at.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, on_stop: Callable[[], None]) -> None:
+    def __init__(self, on_stop: Callable[[], None] = lambda: None, steps_per_epoch: int = 0,
+                 end_step: int = 0) -> None:
         super().__init__()
         self.on_stop = on_stop
+        self.steps_per_epoch = steps_per_epoch
+        self.end_step = end_step
         self.requested = 0
         self._previous = {}
 
@@ -70,20 +80,33 @@ class StopOnSignal(StepCallback):
         self.requested = signal_number
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    def catch(self) -> None:
+        """Starts recording stop signals (until `restore_handlers`)."""
+        if not self._previous and threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
     def on_train_begin(self, logs=None) -> None:
         super().on_train_begin(logs)
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self.catch()
+        if self.requested:  # a signal during setup
+            self._stop()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         super().on_train_batch_end(batch, logs)
-        if self.requested:
-            self.on_stop()
-            self.restore_handlers()
-            raise Interrupted(self.requested, self.global_step)
+        if self.requested and not ends_epoch(self.global_step, self.steps_per_epoch):
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        if self.requested and self.global_step < self.end_step:
+            self._stop()
 
     def on_train_end(self, logs=None) -> None:
         self.restore_handlers()
+
+    def _stop(self) -> None:
+        self.on_stop()
+        self.restore_handlers()
+        raise Interrupted(self.requested, self.global_step)
 
     def restore_handlers(self) -> None:
         """Puts back the signal handlers that were there before training."""

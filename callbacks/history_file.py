@@ -9,6 +9,8 @@ import os
 
 import keras
 
+from callbacks import files
+
 
 class HistoryFile(keras.callbacks.Callback):
     """Keeps `path` as {"epoch": [1, 2, ...], "<metric>": [...], ...} (1-based epochs)."""
@@ -30,7 +32,4 @@ class HistoryFile(keras.callbacks.Callback):
         self.history["epoch"].append(epoch + 1)
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
-        temporary = self.path + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(self.history, f, indent=2)
-        os.replace(temporary, self.path)
+        files.write_text(self.path, json.dumps(self.history, indent=2))

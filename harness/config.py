@@ -31,6 +31,14 @@ MULTI_IO_OUTPUTS = ("priority", "department")
 AUTO_EXECUTION_STEPS = 100
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
+# The largest whole number a flag takes: TensorFlow holds sizes, counts and token ids
+# as int32, and a larger value overflows there (or asks for impossible memory).
+MAX_INT = 2**31 - 1
+# Tighter limits: NumPy's seeds (keras.utils.set_random_seed) are 0 .. 2**32 - 1; a
+# thread pool far above any machine's cores would exhaust the OS's threads.
+MAX_OF = {"seed": 2**32 - 1, "intra_op_threads": 4096, "inter_op_threads": 4096,
+          "profiler_port": 65535}
+NAME_MAX = 255  # bytes in one file name, on every common file system
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,10 @@ class Config:
             raise UsageError(
                 f"--model={self.model!r} is not allowed: use one of "
                 f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'")
+        for name, value in _whole_numbers(self):
+            if value > MAX_OF.get(name, MAX_INT):
+                raise UsageError(f"--{name}={value} is not allowed: it must be at most "
+                                 f"{MAX_OF.get(name, MAX_INT)}")
         for name in ("num_words", "max_len", "epochs", "batch_size", "keep_checkpoints"):
             _positive(name, getattr(self, name))
         for name in ("num_examples", "steps_per_epoch", "validation_steps", "clip_norm"):
@@ -108,6 +120,12 @@ class Config:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name}={getattr(self, name)} is not allowed: it must be "
                                  "0 (TensorFlow's choice) or a positive number of threads")
+        if self.seed < 0:
+            raise UsageError(f"--seed={self.seed} is not allowed: it must be 0 or a positive "
+                             "number")
+        if self.verbose > 2:
+            raise UsageError(f"--verbose={self.verbose} is not allowed: use 0 (quiet), "
+                             "1 (progress bar) or 2 (one line per epoch)")
         if self.num_classes is not None:
             if self.num_classes < 2:
                 raise UsageError(f"--num_classes={self.num_classes} is not allowed: "
@@ -122,12 +140,8 @@ class Config:
         if self.num_words < 3:
             raise UsageError(f"--num_words={self.num_words} is not allowed: it must be at "
                              "least 3 (0 is padding, 1 the start mark, 2 out-of-vocabulary)")
-        if self.run_name is not None and not _RUN_NAME.match(self.run_name):
-            raise UsageError(f"--run_name={self.run_name!r} is not allowed: use letters, "
-                             "digits, '.', '-' and '_' only")
-        if self.profiler_port > 65535:
-            raise UsageError(f"--profiler_port={self.profiler_port} is not allowed: "
-                             "use 0 (off) or a TCP port up to 65535")
+        if self.run_name is not None:
+            _check_run_name(self.run_name)
         if self.gpus is not None and any(index < 0 for index in self.gpus):
             raise UsageError(f"--gpus={_csv(self.gpus)} is not allowed: GPU indices are 0, 1, ...")
         if any(e < 1 for e in self.lr_halve_epochs):
@@ -177,11 +191,11 @@ class Config:
         for fit and train_on_batch (Keras's own default) and, for the tape loop, as
         many as fit between its periodic actions (batch summaries, step checkpoints;
         at most AUTO_EXECUTION_STEPS), so that Python runs once per hundred steps
-        rather than once per step. A tape run that profiles uses 1, so that the
-        profile marks each step."""
+        rather than once per step. (The tape loop runs the steps of a profile
+        window one per call all the same: see `harness.loops`.)"""
         if self.steps_per_execution:
             return self.steps_per_execution
-        if self.mode != "tape" or self.profile_steps:
+        if self.mode != "tape":
             return 1
         return math.gcd(AUTO_EXECUTION_STEPS, self.summary_every_steps,
                         self.checkpoint_every_steps)
@@ -292,7 +306,35 @@ def _choice(name: str, value: str, allowed: tuple) -> None:
         raise UsageError(f"--{name}={value!r} is not allowed: use one of {', '.join(allowed)}")
 
 
+def _check_run_name(name: str) -> None:
+    """Refuses a name that is no folder of its own under --logdir, or that a file
+    system, a shell or a terminal would mangle."""
+    size = len(name.encode())
+    if not _RUN_NAME.match(name):
+        problem = "use letters, digits, '.', '-' and '_' only"
+    elif not name.strip("."):
+        problem = "'.' and '..' name the log directory itself or its parent, not a run"
+    elif name.startswith("-"):
+        problem = "a leading '-' reads as an option in commands; start with a letter or digit"
+    elif size > NAME_MAX:
+        problem = f"it is {size} bytes long and a file name holds at most {NAME_MAX}"
+    else:
+        return
+    raise UsageError(f"--run_name={name!r} is not allowed: {problem}")
+
+
+def _whole_numbers(config: Config):
+    """(flag, value) of every whole number in `config`, those of list flags too."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, int) and not isinstance(item, bool):
+                yield field.name, item
+
+
 def _positive(name: str, value) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"--{name}={value} is not allowed: it must be a finite number")
     if not value > 0:
         raise UsageError(f"--{name}={value} is not allowed: it must be greater than 0")
 

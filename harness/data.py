@@ -6,7 +6,9 @@ padding/truncation, like the tutorials):
 - `reuters` / `imdb`: through the `keras.datasets` loaders, so a file's hash is
   verified before it is unpickled. `--data_dir` names a folder holding
   `reuters.npz` / `imdb.npz`; the loaders only look in the Keras cache, so the
-  file is copied into a private temporary Keras home for the call.
+  file is copied into a private temporary Keras home for the call. A file there
+  that fails its hash check is reported, never replaced by a download (Keras's
+  `get_file` would download it again).
 
 The training pipeline is an endless stream of batches whose order depends only
 on (seed, epoch of the data), so any loop, and any resumed run, sees the same
@@ -17,6 +19,7 @@ part -> prefetch.
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -40,6 +43,10 @@ _CHUNK_ROWS = 2048  # synthetic rows generated at a time
 ROWS_PER_GATHER = 4096  # training rows gathered at a time (see TrainStream)
 BATCHES_AHEAD = 4  # training batches prefetched (see _prefetched)
 _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
+# The sha256 each loader verifies (keras/src/datasets/reuters.py, imdb.py): checked
+# first, so that Keras never replaces a --data_dir file by a download.
+DATA_HASHES = {"reuters": "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916",
+               "imdb": "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,22 +267,46 @@ def _load_keras_dataset(dataset: str, data_dir: Optional[str], *, num_words: int
     loader = _LOADERS[dataset]
     hint = data_file_hint(dataset)
     if data_dir is None:
+        cache = os.path.join(keras.src.backend.config.keras_home(), "datasets")
+        cached = os.path.join(cache, file_name)
+        intact = os.path.isfile(cached) and _hash_holds(dataset, cached)
         try:
             return loader.load_data(path=file_name, num_words=num_words, seed=seed)
         except Exception as error:  # network errors come in many types
-            raise UsageError(f"--dataset={dataset}: could not load or download {file_name} "
-                             f"({type(error).__name__}); {hint}") from None
+            cause = f"{type(error).__name__}: {_one_line(error)}"
+            if intact:  # no download was needed: the cached copy passed its hash check
+                raise HarnessError(f"--dataset={dataset}: loading {file_name} from the "
+                                   f"Keras cache ({cache}) failed ({cause}); {hint}") from None
+            where = (f"the copy in the Keras cache ({cache}) failed its hash check"
+                     if os.path.isfile(cached) else f"it is not in the Keras cache ({cache})")
+            raise UsageError(f"--dataset={dataset}: {file_name} had to be downloaded "
+                             f"({where}) and the download failed ({cause}); no internet? "
+                             f"{hint}") from None
     check_data_dir(dataset, data_dir)
     source = os.path.join(data_dir, file_name)
-    with _private_keras_home(source) as home:
+    if not _hash_holds(dataset, source):  # Keras would download the official file instead
+        raise UsageError(f"{source} failed Keras's hash check (truncated or not the "
+                         f"official file); replace it: {hint}")
+    with _private_keras_home(source):
         try:
             return loader.load_data(path=file_name, num_words=num_words, seed=seed)
         except Exception as error:
-            if not os.path.isfile(os.path.join(home, "datasets", file_name)):
-                raise UsageError(f"{source} failed Keras's hash check (truncated or not the "
-                                 f"official file); replace it: {hint}") from None
             raise HarnessError(f"{source} passed its hash check but could not be read "
-                               f"({type(error).__name__}: {error})") from None
+                               f"({type(error).__name__}: {_one_line(error)})") from None
+
+
+def _hash_holds(dataset: str, path: str) -> bool:
+    """Whether `path` has the sha256 that Keras's loader verifies for `dataset`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == DATA_HASHES[dataset]
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(error).split())
 
 
 @contextlib.contextmanager
@@ -284,8 +315,8 @@ def _private_keras_home(source: str) -> Iterator[str]:
 
     Keras reads KERAS_HOME once at import and `load_data` takes no cache folder,
     so the cache root is swapped for the call. A copy (not a link) keeps the
-    user's file safe from anything Keras writes into its cache. If the hash
-    check fails, Keras deletes the copy before trying to download.
+    user's file safe from anything Keras writes into its cache. The copy has
+    passed its hash check already, so Keras never downloads another file.
     """
     config = keras.src.backend.config
     saved = config._KERAS_DIR

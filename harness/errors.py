@@ -14,9 +14,24 @@ class UsageError(HarnessError):
 
 
 class RunInterrupted(HarnessError):
-    """Training stopped on a signal after checkpointing; `run.py` says how to resume."""
+    """Training stopped with a checkpoint to resume from; `run.py` says how to resume.
 
-    def __init__(self, message: str, exit_code: int, run_name: str) -> None:
+    `failed`: it stopped on an error (e.g. a full disk), not on the user's signal.
+    """
+
+    def __init__(self, message: str, exit_code: int, run_name: str,
+                 failed: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.run_name = run_name
+        self.failed = failed
+
+
+class UserCodeError(HarnessError):
+    """The user's own code (a `--model` builder) raised: `run.py` prints the frames
+    of that code, then the one line. Exit status 1: the flags are fine, the code
+    they name failed, and no flag fixes it."""
+
+    def __init__(self, message: str, user_traceback: str) -> None:
+        super().__init__(message)
+        self.user_traceback = user_traceback

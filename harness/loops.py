@@ -12,8 +12,11 @@ import dataclasses
 from typing import Iterator, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from callbacks.epoch_state import EpochMetricsState, VariablesState
+from callbacks.profiler import ProfilerCallback
 from harness.config import MODES
 from harness.data import TrainStream
 
@@ -50,7 +53,8 @@ class Schedule:
 
 def run(mode: str, model: keras.Model, train: TrainStream,
         validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
-        schedule: Schedule, *, jit_compile: bool = False) -> None:
+        schedule: Schedule, *, jit_compile: bool = False,
+        metrics_state: Optional[EpochMetricsState] = None) -> None:
     """Trains `model` with the loop named by `mode`.
 
     Args:
@@ -62,17 +66,33 @@ def run(mode: str, model: keras.Model, train: TrainStream,
         schedule: epochs and steps.
         jit_compile: compile the tape loop's step with XLA (`fit` and
             `train_on_batch` take it from `model.compile`).
+        metrics_state: gets the loop's running train metrics attached, to carry
+            them across a resume in mid-epoch.
     """
+    metrics_state = metrics_state or EpochMetricsState()
     if mode == "fit":
+        metrics_state.attach(VariablesState(lambda: model.metrics_variables))
         _fit(model, train, validation, callbacks, schedule)
     elif mode == "train_on_batch":
+        steps = _OnBatchSteps(model)
+        metrics_state.attach(steps)
         with _compiled_metric_resets(model):
-            _manual_loop(model, _OnBatchSteps(model), train, validation, callbacks, schedule)
+            _manual_loop(model, steps, train, validation, callbacks, schedule)
     elif mode == "tape":
         steps = _TapeSteps(model, jit_compile)
+        metrics_state.attach(VariablesState(
+            lambda: [*model.metrics_variables, *steps.loss_mean.variables]))
         _manual_loop(model, steps, train, validation, callbacks, schedule)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def build_metrics(model: keras.Model, probe: tuple) -> None:
+    """Creates the model's compiled metrics now (Keras would at the first train
+    step), so that a restored running state can be written into them."""
+    x, y = probe
+    model.compute_metrics(x, y, model(x, training=False))
+    model.reset_metrics()
 
 
 def _fit(model, train, validation, callbacks, schedule: Schedule) -> None:
@@ -98,9 +118,15 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
     Batches go in executions of up to `schedule.steps_per_execution` steps that
     end at multiples of it in global steps (so periodic actions at such
     multiples happen exactly there) and at epoch ends; the batch hooks see an
-    execution's first and last batch index, as under `fit`.
+    execution's first and last batch index, as under `fit`. The steps a
+    `ProfilerCallback` captures run one per execution, and so do the validation
+    batches evaluated while a capture is open: xprof finds no step marker in a
+    capture in which a compiled loop over steps ran. In a run that profiles, the
+    first step runs alone too, so the one-step call's first run (graph
+    optimization, ~0.1 s) is not in a window.
     """
     batches = steps.read(train, schedule.start_step, schedule.end_step)
+    windows = _profile_windows(callbacks)
     model.stop_training = False
     callbacks.on_train_begin()
     epoch_logs: Logs = {}
@@ -112,7 +138,9 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
         epoch_end = (epoch + 1) * schedule.steps_per_epoch
         batch = 0
         while global_step < epoch_end and not model.stop_training:
-            count = min(per_execution - global_step % per_execution, epoch_end - global_step)
+            count = _execution_size(global_step, per_execution, epoch_end, windows)
+            if windows and global_step == schedule.start_step:
+                count = 1  # the one-step call's first run stays out of the windows
             callbacks.on_train_batch_begin(batch)
             logs = steps.train(batches, count)
             callbacks.on_train_batch_end(batch + count - 1, logs)
@@ -120,11 +148,33 @@ def _manual_loop(model, steps, train, validation, callbacks, schedule: Schedule)
             batch += count
         epoch_logs = steps.result()
         if validation is not None:
-            epoch_logs.update(_evaluate(steps, validation, callbacks, per_execution))
+            capturing = any(start <= global_step < stop for start, stop in windows)
+            epoch_logs.update(_evaluate(steps, validation, callbacks,
+                                        1 if capturing else per_execution))
         callbacks.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
     callbacks.on_train_end(epoch_logs)
+
+
+def _profile_windows(callbacks: keras.callbacks.CallbackList) -> list:
+    """The (start, stop) global-step windows the run's profiler callbacks capture."""
+    return sorted(window for callback in callbacks.callbacks
+                  if isinstance(callback, ProfilerCallback) for window in callback.windows)
+
+
+def _execution_size(global_step: int, per_execution: int, epoch_end: int,
+                    windows: list) -> int:
+    """How many steps the execution after `global_step` runs: up to the next
+    multiple of `per_execution` and the epoch end, one step inside a profile
+    window, and never into one."""
+    count = min(per_execution - global_step % per_execution, epoch_end - global_step)
+    for start, stop in windows:
+        if start <= global_step + 1 <= stop:
+            return 1
+        if global_step + 1 < start <= global_step + count:
+            count = start - 1 - global_step
+    return count
 
 
 def _evaluate(steps, validation, callbacks, per_execution: int) -> Logs:
@@ -198,6 +248,16 @@ class _OnBatchSteps:
     def reset(self) -> None:
         self._sums: dict = {}
         self._count = 0
+        self._restored: Optional[np.ndarray] = None
+
+    def get_state(self) -> np.ndarray:
+        """The running state as [examples, sum of each log by name]: a `MetricState`."""
+        return np.array([self._count, *(self._sums[name] for name in sorted(self._sums))],
+                        dtype=np.float64)
+
+    def set_state(self, values: np.ndarray) -> None:
+        """Continues from `values` (see `get_state`); the names come with the next batch."""
+        self._restored = values
 
     def train(self, batches: Iterator, count: int) -> Logs:
         del count  # always 1: train_on_batch trains one batch per call
@@ -211,6 +271,10 @@ class _OnBatchSteps:
 
     def _add(self, size: int, logs: Logs) -> Logs:
         """Adds one batch's values; returns the running averages, as `fit` logs them."""
+        if self._restored is not None:
+            self._count = self._restored[0]
+            self._sums = dict(zip(sorted(logs), self._restored[1:]))
+            self._restored = None
         self._count += size
         for name, value in logs.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value) * size
@@ -237,7 +301,9 @@ class _TapeSteps:
     (`model.compute_metrics`; per-output losses are tracked by `compute_loss`),
     so the logs have exactly `fit`'s keys, multi-output models included; they
     live in the strategy's scope and are reduced across replicas when read.
-    With `jit_compile` the per-replica step is compiled by XLA.
+    With `jit_compile` the per-replica step is compiled by XLA. An execution of
+    one step is a call without a loop: xprof finds no step marker in a capture
+    in which a `tf.while_loop` ran, so profiled steps run this way.
     """
 
     def __init__(self, model: keras.Model, jit_compile: bool = False):
@@ -246,8 +312,10 @@ class _TapeSteps:
         self.loss_mean = keras.metrics.Mean(name="loss")
         self._step = tf.function(self._train_step, jit_compile=jit_compile)
         self._steps = tf.function(self._train_steps)
+        self._one_step = tf.function(self._train_one)
         self._test_step = tf.function(self._test_on_replica, jit_compile=jit_compile)
         self._test = tf.function(self._test_steps)
+        self._test_one = tf.function(self._test_one_batch)
         self._trace_partial = False
 
     def distribute(self, dataset: tf.data.Dataset):
@@ -262,16 +330,19 @@ class _TapeSteps:
 
     def train(self, batches: "_StaticBatches", count: int) -> Logs:
         for iterator, steps in batches.take(count):
-            logs = self._steps(iterator, tf.constant(steps))
+            logs = (self._one_step(iterator) if steps == 1
+                    else self._steps(iterator, tf.constant(steps)))
         if self._trace_partial:
             # The partial batches' step is traced with the first execution, not at the
             # first partial batch: that comes after the first epoch when
             # --steps_per_epoch is shorter than a pass, and the step must not retrace then.
-            self._steps.get_concrete_function(batches.partial, tf.constant(1))
+            self._one_step.get_concrete_function(batches.partial)
             self._trace_partial = False
         return logs
 
     def test(self, iterator, count: int) -> Logs:
+        if count == 1:
+            return self._test_one(iterator)
         return self._test(iterator, tf.constant(count))
 
     def reset(self) -> None:
@@ -281,6 +352,10 @@ class _TapeSteps:
     def _train_steps(self, iterator, count) -> Logs:
         for _ in tf.range(count):
             self.strategy.run(self._step, args=next(iterator))
+        return self._logs()
+
+    def _train_one(self, iterator) -> Logs:
+        self.strategy.run(self._step, args=next(iterator))
         return self._logs()
 
     def _train_step(self, x, y) -> None:
@@ -296,6 +371,10 @@ class _TapeSteps:
     def _test_steps(self, iterator, count) -> Logs:
         for _ in tf.range(count):
             self.strategy.run(self._test_step, args=next(iterator))
+        return self._logs()
+
+    def _test_one_batch(self, iterator) -> Logs:
+        self.strategy.run(self._test_step, args=next(iterator))
         return self._logs()
 
     def _test_on_replica(self, x, y) -> None:

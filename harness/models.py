@@ -7,12 +7,18 @@ and ends in the task's head: softmax over N classes, or one sigmoid unit when
 """
 
 import importlib
+import inspect
+import os
+import sysconfig
+import traceback
 from typing import Callable
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers
 
-from harness.errors import UsageError
+from harness.errors import UsageError, UserCodeError
 
 EMBEDDING_DIM = 7
 
@@ -138,23 +144,129 @@ BUILTIN: dict[str, Callable[..., keras.Model]] = {
 def build(name: str, input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
     """Builds a built-in model by name or calls a user's `package.module:function`.
 
+    A user's model is checked at once, before anything is written: called on a
+    batch of the task's input, it must give one output shaped like the task's head
+    and have trainable weights.
+
     Raises:
-        UsageError: the import path does not import or does not return a keras.Model.
+        UsageError: the import path does not import, is not a builder (input_shape,
+            num_classes) -> keras.Model, or the model does not fit the task.
+        UserCodeError: the user's builder (or the module it is in) raised; the
+            error carries the frames of the user's code.
     """
     if name in BUILTIN:
         return BUILTIN[name](input_shape, num_classes, num_words)
-    module_name, _, function_name = name.partition(":")
+    builder = _builder(name)
     try:
-        builder = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise UsageError(f"--model={name!r} does not import ({type(error).__name__}: "
-                         f"{error}); give 'package.module:function' of a builder "
-                         "(input_shape, num_classes) -> keras.Model on PYTHONPATH") from None
-    if not callable(builder):
-        raise UsageError(f"--model={name!r} names a {type(builder).__name__}, not a builder "
-                         "function (input_shape, num_classes) -> keras.Model")
-    model = builder(input_shape, num_classes)
+        model = builder(input_shape, num_classes)
+    except Exception as error:  # the user's code: any error, shown with its frames
+        if not _is_user_code(builder):  # e.g. os.path:join, a library function
+            raise UsageError(f"--model={name!r} is not a model builder: calling it with "
+                             f"({input_shape}, {num_classes}) raised "
+                             f"{type(error).__name__}: {_one_line(error)}") from None
+        raise UserCodeError(f"--model={name!r}: the builder raised {type(error).__name__}: "
+                            f"{_one_line(error)} (its traceback is above)",
+                            _user_frames(error)) from error
     if not isinstance(model, keras.Model):
         raise UsageError(f"--model={name!r} returned {type(model).__name__}, not a "
                          "keras.Model: the builder must return a model")
+    check_fits_task(name, model, input_shape, num_classes)
     return model
+
+
+def _builder(name: str) -> Callable:
+    """The function `package.module:function` names, checked to take (input_shape, num_classes)."""
+    module_name, _, function_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UsageError(f"--model={name!r} does not import ({type(error).__name__}: "
+                         f"{error}); give 'package.module:function' of a builder "
+                         "(input_shape, num_classes) -> keras.Model on PYTHONPATH") from None
+    except Exception as error:  # the user's module itself raised while importing
+        raise UserCodeError(f"--model={name!r}: importing {module_name} raised "
+                            f"{type(error).__name__}: {_one_line(error)} (its traceback is "
+                            "above)", _user_frames(error)) from error
+    try:
+        builder = getattr(module, function_name)
+    except AttributeError as error:
+        raise UsageError(f"--model={name!r} does not import (AttributeError: {error}); give "
+                         "'package.module:function' of a builder (input_shape, num_classes) "
+                         "-> keras.Model on PYTHONPATH") from None
+    if not callable(builder):
+        raise UsageError(f"--model={name!r} names a {type(builder).__name__}, not a builder "
+                         "function (input_shape, num_classes) -> keras.Model")
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):  # some built-ins have none: calling them tells
+        return builder
+    try:
+        signature.bind(("input_shape",), "num_classes")
+    except TypeError:
+        raise UsageError(f"--model={name!r} takes ({', '.join(signature.parameters)}), not "
+                         "a builder (input_shape, num_classes) -> keras.Model") from None
+    return builder
+
+
+def check_fits_task(name: str, model: keras.Model, input_shape: tuple,
+                    num_classes: int) -> None:
+    """Raises UsageError unless `model`, called on a batch of the task's input
+    (int32 tokens [batch, *input_shape]), gives one output [batch, units] with the
+    head's units (1 for the binary task, else `num_classes`) and has trainable weights."""
+    units = 1 if num_classes == 2 else num_classes
+    head = ("one sigmoid unit for the binary task" if num_classes == 2
+            else f"a softmax over {num_classes} classes")
+    needed = f"one output [batch, {units}] ({head})"
+    batch = np.zeros((2, *input_shape), dtype=np.int32)
+    try:
+        outputs = tf.nest.flatten(model(batch, training=False))
+    except Exception as error:  # noqa: BLE001 - a model that cannot take the input
+        raise UsageError(f"--model={name!r}: the model fails on the task's input (int32 "
+                         f"[batch, {', '.join(map(str, input_shape))}]): "
+                         f"{type(error).__name__}: {_one_line(error)}") from None
+    if len(outputs) != 1:
+        raise UsageError(f"--model={name!r} has {len(outputs)} outputs; the task needs "
+                         f"{needed}")
+    shape = tuple(outputs[0].shape)
+    if shape != (batch.shape[0], units):
+        given = ", ".join(["batch", *map(str, shape[1:])])
+        raise UsageError(f"--model={name!r} outputs [{given}]; the task needs {needed}")
+    if not model.trainable_weights:
+        raise UsageError(f"--model={name!r} has no trainable weights: there is nothing to "
+                         "train (are all its layers frozen, trainable=False?)")
+
+
+def _is_user_code(builder: Callable) -> bool:
+    """Whether `builder` is the user's own Python code (not a built-in, nor a function
+    of the standard library or an installed package)."""
+    try:
+        path = inspect.getfile(inspect.unwrap(builder))  # a function's or a class's file
+    except TypeError:  # built-in
+        return False
+    if path.startswith("<"):  # frozen modules (os.path), exec'd strings
+        return False
+    path = os.path.realpath(path)
+    libraries = {os.path.realpath(folder) for key, folder in sysconfig.get_paths().items()
+                 if key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return not any(path.startswith(folder + os.sep) for folder in libraries)
+
+
+def _user_frames(error: BaseException) -> str:
+    """`error`'s traceback from the first frame that is not the harness's own."""
+    tb = error.__traceback__
+    # The harness's frames, then (for an import) importlib's, lead to the user's code.
+    while tb is not None and (tb.tb_frame.f_code.co_filename in _HARNESS_FILES
+                              or tb.tb_frame.f_code.co_filename.startswith(_IMPORTLIB)):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (Keras's are often several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+_HARNESS_FILES = {__file__, importlib.__file__}
+_IMPORTLIB = "<frozen importlib"

@@ -2,6 +2,7 @@
 
 import math
 import shlex
+import sys
 
 
 def startup(config, run_dir: str, splits, steps_per_epoch: int, schedule) -> str:
@@ -34,8 +35,14 @@ def summary(history: dict, run_dir: str, logdir: str) -> str:
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(["", *table, "",
                       f"Run directory: {run_dir}",
-                      f"See it in TensorBoard: tensorboard --logdir {shlex.quote(logdir)} "
-                      "--host 127.0.0.1"])
+                      f"See it in TensorBoard: {tensorboard_command(logdir)}"])
+
+
+def tensorboard_command(logdir: str) -> str:
+    """A shell command that serves `logdir` with the TensorBoard of this interpreter
+    (a `tensorboard` on PATH may be missing or another install's)."""
+    return shlex.join([sys.executable, "-m", "tensorboard.main", "--logdir", logdir,
+                       "--host", "127.0.0.1"])
 
 
 def higher_is_better(metric: str) -> bool:

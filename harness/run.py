@@ -1,14 +1,30 @@
-"""The entrypoint: `python -m harness.run --mode=tape`.
+"""Train a Keras model three ways and see everything in TensorBoard.
 
-absl flags -> a validated, frozen `Config` -> `train(config)`. This is the only
-module that reads FLAGS. A `HarnessError` becomes one line on stderr and its
-exit status (2 for usage errors), never a traceback.
+usage: python -m harness.run --mode=fit|train_on_batch|tape [--flag=value ...]
+
+Trains one model with Keras's fit, a train_on_batch loop or a GradientTape loop:
+the same data, callbacks and TensorBoard summaries in each. A run writes
+<logdir>/<run_name>/: event files, checkpoints, the best model, its flags and
+its history. Examples:
+
+  python -m harness.run --mode=tape --epochs=5 --run_name=first
+  python -m harness.run --mode=tape --epochs=8 --run_name=first --resume
+  python -m tensorboard.main --logdir logs --host 127.0.0.1
+
+Ctrl-C stops a run with a checkpoint and prints the command that resumes it.
+--helpfull lists every flag; a bad value is one line and exit status 2.
 """
+
+# The entrypoint (absl prints the docstring above for --help): absl flags -> a
+# validated, frozen `Config` -> `train(config)`. This is the only module that
+# reads FLAGS. A `HarnessError` becomes one line on stderr and its exit status
+# (2 for usage errors), never a traceback.
 
 import contextlib
 import dataclasses
 import datetime
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -154,23 +170,32 @@ def _parse_flags(argv: list) -> list:
     except flags.Error as error:
         print(f"harness: error: {error} (see --helpfull)", file=sys.stderr)
         sys.exit(2)
+    except SystemExit:  # absl's --help / --helpfull printed the help asked for
+        sys.exit(0)
 
 
 def resume_command(argv: list, run_name: str) -> str:
     """The command that continues run `run_name`: `argv` with --resume and its name."""
     kept = [arg for arg in argv[1:] if not arg.startswith(("--run_name", "--resume",
                                                             "--noresume", "--overwrite"))]
-    return " ".join(["python -m harness.run", *kept, f"--run_name={run_name}", "--resume"])
+    return shlex.join([sys.executable, "-m", "harness.run", *kept, f"--run_name={run_name}",
+                       "--resume"])
 
 
 def _main_or_exit(argv) -> None:
     try:
         sys.exit(main(argv))
     except RunInterrupted as stop:
-        print(f"harness: {stop}\nharness: resume with: {resume_command(sys.argv, stop.run_name)}",
-              file=sys.stderr)
+        if FLAGS.verbose == 1:  # end the progress bar's line: Keras redraws it with '\r'
+            print(flush=True)
+        command = resume_command(sys.argv, stop.run_name)
+        if stop.failed:
+            print(f"harness: error: {stop}; then resume with: {command}", file=sys.stderr)
+        else:
+            print(f"harness: {stop}\nharness: resume with: {command}", file=sys.stderr)
         sys.exit(stop.exit_code)
     except HarnessError as error:
+        print(getattr(error, "user_traceback", ""), end="", file=sys.stderr)  # UserCodeError
         print(f"harness: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:

@@ -2,16 +2,21 @@
 
 `<logdir>/<run_name>/` holds `train/` and `validation/` event files, `checkpoints/`,
 `best.keras`, `flags.json` (the run's config, the latest when resumed) and
-`history.json` (per-epoch logs).
+`history.json` (per-epoch logs) and `.harness.lock`, the claim of the process
+writing it (see `Claim`).
 Nothing here overwrites an existing run unless the user said `--overwrite`.
 """
 
 import dataclasses
 import datetime
+import errno
+import fcntl
+import glob
 import json
 import os
 import shutil
 
+from callbacks import files
 from harness.config import Config, check_logdir
 from harness.errors import UsageError
 
@@ -19,6 +24,7 @@ FLAGS_FILE = "flags.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL_FILE = "best.keras"
+LOCK_FILE = ".harness.lock"
 # Flags a resumed run must share with the saved run: they define the model,
 # the data or the order of the batches.
 RESUME_MUST_MATCH = ("model", "dataset", "num_words", "max_len", "num_classes",
@@ -26,9 +32,10 @@ RESUME_MUST_MATCH = ("model", "dataset", "num_words", "max_len", "num_classes",
 
 
 def default_run_name(config: Config, now: datetime.datetime) -> str:
-    """`<model>-<mode>-<timestamp>`; an import path contributes its function name."""
+    """`<model>-<mode>-<timestamp>`; an import path contributes its function name.
+    The microseconds keep the names of runs started in the same second apart."""
     model = config.model.rpartition(":")[2]
-    return f"{model}-{config.mode}-{now:%Y%m%d-%H%M%S}"
+    return f"{model}-{config.mode}-{now:%Y%m%d-%H%M%S-%f}"
 
 
 def path(config: Config) -> str:
@@ -46,7 +53,8 @@ def plan(config: Config) -> str:
     Raises:
         UsageError: the run exists and neither --resume nor --overwrite was
             given, --resume has nothing to resume or contradicts the saved
-            flags, or the log directory cannot be written.
+            flags, the log directory cannot be written, or the run directory
+            is not a folder directly inside it (e.g. a symlink out of it).
     """
     if config.resume and not config.run_name:  # also caught by Config.validate()
         raise UsageError("--resume needs --run_name naming the run to continue "
@@ -54,33 +62,120 @@ def plan(config: Config) -> str:
     run_name = config.run_name or default_run_name(config, datetime.datetime.now())
     run_dir = os.path.join(config.logdir, run_name)
     check_logdir(config.logdir)
-    exists = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
+    _check_inside_logdir(config.logdir, run_dir)
+    exists = _is_run(run_dir)
     if config.resume:
-        if not os.path.isdir(os.path.join(run_dir, CHECKPOINT_DIR)):
-            raise UsageError(f"--resume: {run_dir} has no checkpoints to resume from; "
-                             "start it without --resume")
+        if not os.path.isfile(os.path.join(run_dir, FLAGS_FILE)):
+            raise UsageError(f"--resume: {run_dir} is no run (no {FLAGS_FILE}): there are no "
+                             "checkpoints to resume from; start it without --resume")
         _check_same_flags(config, run_dir)
+        epochs = recorded_epochs(run_dir)
+        if epochs and not glob.glob(os.path.join(glob.escape(run_dir), CHECKPOINT_DIR,
+                                                 "ckpt-*.index")):
+            raise UsageError(f"--resume: no usable checkpoint in {run_dir}, although its "
+                             f"{HISTORY_FILE} records {epochs} epochs; start a new run "
+                             "(another --run_name) without --resume")
     elif exists and not config.overwrite:
-        raise UsageError(f"run directory {run_dir} already exists: pass --resume to "
-                         "continue it, --overwrite to replace it, or another --run_name")
+        raise _exists_error(run_dir)
     return run_dir
 
 
-def create(config: Config, run_dir: str) -> None:
-    """Creates (or, with --overwrite, replaces) the run directory and saves the flags.
+class Claim:
+    """This process's hold on a run directory, so that no second process writes into it.
+
+    An exclusive `flock` on the run's lock file: the kernel drops it when the
+    process ends, however it ends (kill -9 too), so a stale claim never blocks.
+    The file stays empty and is never rewritten, so a refused run changes nothing.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise UsageError(f"run directory {run_dir} is in use by another process that "
+                             "is writing it: wait for that run to end, or choose another "
+                             "--run_name") from None
+
+    def release(self) -> None:
+        """Drops the claim (closing the file releases the lock)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def create(config: Config, run_dir: str) -> Claim:
+    """Claims the run directory, creates (or, with --overwrite, empties) it and saves
+    the flags. The checks of `plan` are repeated under the claim: a run started at
+    the same time with the same name may have taken the directory since.
+
+    Returns:
+        The claim: keep it while the run writes, `release()` it when the run ends.
 
     Raises:
-        UsageError: the folder cannot be written (permissions, a full disk, ...).
+        UsageError: another live process holds the run directory, a run appeared
+            there since `plan`, or the folder cannot be written.
     """
+    claim = None
     try:
-        if config.overwrite and os.path.isdir(run_dir):
-            shutil.rmtree(run_dir)
         os.makedirs(run_dir, exist_ok=True)
+        claim = Claim(run_dir)
+        if config.overwrite:
+            _empty(run_dir)
+        elif not config.resume and _is_run(run_dir):
+            raise _exists_error(run_dir)
+        files.remove_temporaries(run_dir)  # left by a process killed mid-write
         if not config.resume:  # a resumed run's flags are saved once it has restored
             save_flags(config, run_dir)
-    except OSError as error:
-        raise UsageError(f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
-                         f"{run_dir}); choose another --logdir") from None
+    except BaseException as error:
+        if claim:
+            claim.release()
+        if isinstance(error, OSError):
+            raise _write_error(config, run_dir, error) from None
+        raise
+    return claim
+
+
+def _is_run(run_dir: str) -> bool:
+    """Whether `run_dir` holds anything but a claim (a run killed before writing
+    anything leaves only its lock file)."""
+    return os.path.isdir(run_dir) and any(name != LOCK_FILE for name in os.listdir(run_dir))
+
+
+def _empty(run_dir: str) -> None:
+    """Deletes what `run_dir` holds but the lock file (--overwrite, under the claim)."""
+    for entry in os.scandir(run_dir):
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def _check_inside_logdir(logdir: str, run_dir: str) -> None:
+    """Refuses a run directory that resolves anywhere but directly inside --logdir
+    ('..', a symlink out of it), so that --overwrite deletes nothing else."""
+    resolved = os.path.realpath(run_dir)
+    if os.path.dirname(resolved) != os.path.realpath(logdir):
+        raise UsageError(f"run directory {run_dir} resolves to {resolved}, not to a folder "
+                         f"directly inside --logdir={logdir!r}: choose another --run_name")
+
+
+def _exists_error(run_dir: str) -> UsageError:
+    return UsageError(f"run directory {run_dir} already exists: pass --resume to "
+                      "continue it, --overwrite to replace it, or another --run_name")
+
+
+def _write_error(config: Config, run_dir: str, error: OSError) -> UsageError:
+    """The message for a run directory that cannot be written, blaming the right flag."""
+    if error.errno == errno.ENAMETOOLONG:
+        return UsageError(f"run directory {run_dir} is a name the file system rejects "
+                          f"({error.strerror}): choose a shorter --run_name or --logdir")
+    return UsageError(f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
+                      f"{run_dir}); choose another --logdir")
 
 
 def save_flags(config: Config, run_dir: str) -> None:
@@ -90,10 +185,7 @@ def save_flags(config: Config, run_dir: str) -> None:
 
 def write_json(path: str, value) -> None:
     """Writes `value` as JSON atomically: a crash never leaves a half-written file."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(temporary, path)
+    files.write_text(path, json.dumps(value, indent=2))
 
 
 def read_json(path: str):
@@ -102,13 +194,42 @@ def read_json(path: str):
         return json.load(f)
 
 
-def _check_same_flags(config: Config, run_dir: str) -> None:
-    path = os.path.join(run_dir, FLAGS_FILE)
+def recorded_epochs(run_dir: str) -> int:
+    """The epochs the run's history.json records (0 if it has none yet).
+
+    Raises:
+        UsageError: history.json is not a history the harness wrote (truncated,
+            edited), so resuming would build on a record it cannot trust.
+    """
+    path = os.path.join(run_dir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return 0
+    history = _read_record(path, "history")
+    epochs = history.get("epoch")
+    if not isinstance(epochs, list) or any(
+            not isinstance(values, list) or len(values) != len(epochs)
+            for values in history.values()):
+        raise UsageError(f"--resume: {path} is damaged (not the per-epoch lists the harness "
+                         "writes); restore it from a backup, or start a new run")
+    return len(epochs)
+
+
+def _read_record(path: str, what: str) -> dict:
+    """A JSON object the harness wrote, or a UsageError saying it is damaged."""
     try:
-        saved = read_json(path)
-    except (OSError, ValueError):
-        raise UsageError(f"--resume: {path} is missing or unreadable, so the run's "
-                         "flags are unknown; start a new run instead") from None
+        value = read_json(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--resume: {path} is unreadable ({error}), so the run's {what} is "
+                         "unknown; restore it from a backup, or start a new run") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--resume: {path} is damaged (a JSON {type(value).__name__}, not "
+                         f"an object), so the run's {what} is unknown; restore it from a "
+                         "backup, or start a new run")
+    return value
+
+
+def _check_same_flags(config: Config, run_dir: str) -> None:
+    saved = _read_record(os.path.join(run_dir, FLAGS_FILE), "flags")
     for name in RESUME_MUST_MATCH:
         if saved.get(name) != getattr(config, name):
             raise UsageError(f"--resume: --{name}={getattr(config, name)!r} contradicts "

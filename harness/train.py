@@ -13,9 +13,13 @@ import tempfile
 from typing import Callable, Optional, Sequence
 
 import keras
+import tensorflow as tf
 
+from callbacks import files
 from callbacks.best_model import BestModel
-from callbacks.checkpoint import Checkpointing, make_manager, restore_latest
+from callbacks.checkpoint import (Checkpointing, checkpoint_prefixes, make_manager,
+                                  restore_latest)
+from callbacks.epoch_state import EpochMetricsState
 from callbacks.guards import Interrupted, NonFinite, NonFiniteLossGuard, StopOnSignal
 from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
@@ -90,63 +94,123 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
                          f"{steps_per_epoch} steps of an epoch with --mode=fit (Keras would "
                          "run extra steps); set --steps_per_epoch to a multiple of it")
 
-    rundir.create(config, run_dir)
-    manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
-                           config.keep_checkpoints)
+    stop_guard = StopOnSignal(steps_per_epoch=steps_per_epoch,
+                              end_step=config.epochs * steps_per_epoch)
+    stop_guard.catch()  # from the moment the run directory exists
+    claim = None  # this process's hold on the run directory, for the run's life
+    try:
+        claim = rundir.create(config, run_dir)
+        metrics_state = EpochMetricsState()  # in the checkpoint: see epoch_state.py
+        manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
+                               config.keep_checkpoints, warn=print_fn,
+                               extra={"epoch_metrics": metrics_state.saved})
+        checkpointing = Checkpointing(manager, config.checkpoint_every_steps, steps_per_epoch,
+                                      before_save=metrics_state.capture)
+        stop_guard.on_stop = checkpointing.save
+        return _train_in(config, run_dir, model, splits, steps_per_epoch, checkpointing,
+                         metrics_state, stop_guard, print_fn, startup_lines, user_callbacks)
+    finally:
+        stop_guard.restore_handlers()
+        if claim:
+            claim.release()
+
+
+def _train_in(config: Config, run_dir: str, model: keras.Model, splits: data.Splits,
+              steps_per_epoch: int, checkpointing: Checkpointing,
+              metrics_state: EpochMetricsState, stop_guard: StopOnSignal,
+              print_fn: Callable[[str], None], startup_lines: list,
+              user_callbacks: list) -> Result:
+    """The part of `_train` that runs in the run directory, with stop signals caught."""
     global_step = 0
     if config.resume:
-        global_step = _restore(model, rundir.path(config), config.keep_checkpoints, print_fn)
+        global_step = _restore(model, rundir.path(config), config.keep_checkpoints,
+                               checkpointing.manager.checkpoint, print_fn)
     schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch,
                                       config.execution_steps)
+    if schedule.initial_step_in_epoch and not tf.distribute.has_strategy():
+        # The epoch's train metrics go on from the checkpoint's running state (Keras's
+        # metric variables under a strategy take no assignment between replicas'
+        # steps: there the resumed epoch averages the steps after the resume).
+        loops.build_metrics(model, splits.probe(config.batch_size))
+        metrics_state.resume_at(schedule.initial_epoch)
     if schedule.initial_epoch >= config.epochs:
+        if config.export:  # a finished run exported (again): nothing is trained or rewritten
+            history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
+            _export(run_dir, model, splits, print_fn)
+            return Result(run_dir=run_dir, history=history, trace_counts={})
         raise UsageError(f"--resume: the run already finished {schedule.initial_epoch} "
-                         "epochs; pass a larger --epochs to train further")
+                         "epochs; pass a larger --epochs to train further, or --export "
+                         "to export it")
     if config.resume:
         rundir.save_flags(config, run_dir)  # e.g. the larger --epochs it now trains to
-    if global_step and purge_after(run_dir, global_step, schedule.initial_epoch):
-        print_fn(f"harness: dropped summaries written after step {global_step} "
-                 "(they are written again now)")
+        dropped, damaged = purge_after(run_dir, global_step, schedule.initial_epoch)
+        if dropped:
+            print_fn(f"harness: dropped summaries written after step {global_step} "
+                     "(they are written again now)")
+        if damaged:
+            print_fn(f"harness: warning: skipped {damaged} damaged stretch(es) of event "
+                     "records; the summaries in them are lost, the rest are kept")
     validation = data.validation_dataset(splits.x_val, splits.y_val,
                                          batch_size=config.batch_size)
     if config.validation_steps:
         validation = validation.take(config.validation_steps)
     stream = data.TrainStream(splits.x_train, splits.y_train, batch_size=config.batch_size,
                               seed=config.seed)
-    checkpointing = Checkpointing(manager, config.checkpoint_every_steps)
     callback_list = keras.callbacks.CallbackList(
-        _callbacks(config, run_dir, splits, checkpointing, schedule, print_fn, user_callbacks),
+        [metrics_state, *_callbacks(config, run_dir, splits, schedule, print_fn),
+         *user_callbacks, checkpointing, stop_guard],
         add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
         epochs=config.epochs, steps=steps_per_epoch, model=model)
+    if not global_step:
+        checkpointing.save()  # step 0: a run stopped before its first step resumes too
 
     for line in filter(None, startup_lines):
         print_fn(line)
     print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
     try:
-        loops.run(config.mode, model, stream, validation,
-                  callback_list, schedule, jit_compile=config.jit_compile)
-    except (Interrupted, NonFinite) as stop:
+        loops.run(config.mode, model, stream, validation, callback_list, schedule,
+                  jit_compile=config.jit_compile, metrics_state=metrics_state)
+    except (Interrupted, NonFinite, files.WriteFailed) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
-        raise _stopped(stop, run_dir) from None
+        raise _stopped(stop, run_dir, checkpointing.manager) from None
     history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
     print_fn(report.summary(history, run_dir, config.logdir))
     if config.export:
-        sample_input = splits.probe(1)[0]
-        print_fn(export.how_to_load(export.saved_model(run_dir, model, sample_input),
-                                    sample_input))
+        _export(run_dir, model, splits, print_fn)
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
+
+
+def _export(run_dir: str, model: keras.Model, splits: data.Splits,
+            print_fn: Callable[[str], None]) -> None:
+    """Exports the model in memory with the best weights (see export.saved_model)."""
+    sample_input = splits.probe(1)[0]
+    print_fn(export.how_to_load(export.saved_model(run_dir, model, sample_input),
+                                sample_input))
 
 
 def _quiet(line: str) -> None:
     """Output of a worker that is not the chief: nothing."""
 
 
-def _stopped(stop: Exception, run_dir: str) -> HarnessError:
+def _stopped(stop: Exception, run_dir: str,
+             manager: tf.train.CheckpointManager) -> HarnessError:
     """The error that tells the user why training stopped and what is on disk."""
+    run_name = os.path.basename(run_dir)
     if isinstance(stop, Interrupted):
         return RunInterrupted(f"{stop}; checkpoint saved in {run_dir}",
-                              exit_code=128 + stop.signal_number,
-                              run_name=os.path.basename(run_dir))
+                              exit_code=128 + stop.signal_number, run_name=run_name)
+    if isinstance(stop, files.WriteFailed):
+        step = int(manager.checkpoint.optimizer.iterations.numpy())
+        if not os.path.isdir(run_dir):
+            return HarnessError(f"{stop} at global step {step}: the run directory {run_dir} "
+                                "was deleted during training; start the run again")
+        intact = manager.latest_checkpoint
+        kept = (f"checkpoint {intact} is intact" if intact
+                else "no checkpoint was written, the run starts again from step 0")
+        return RunInterrupted(f"{stop} at global step {step}; {kept}; free space or make "
+                              f"{run_dir} writable", exit_code=1, run_name=run_name,
+                              failed=True)
     return HarnessError(
         f"{stop}: training stopped. The checkpoints and best model from before it are "
         f"untouched ({run_dir}); lower --learning_rate or set --clip_norm, then start "
@@ -192,45 +256,48 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     return model
 
 
-def _callbacks(config: Config, run_dir: str, splits: data.Splits,
-               checkpointing: Checkpointing, schedule: loops.Schedule,
-               print_fn: Callable[[str], None], user_callbacks: list) -> list:
-    """The run's callbacks, in the order they must see each batch: the NaN guard
-    first, so that nothing is written for a step with a NaN loss; the signal
-    guard last, so that every other callback has seen the step it stops after."""
+def _callbacks(config: Config, run_dir: str, splits: data.Splits, schedule: loops.Schedule,
+               print_fn: Callable[[str], None]) -> list:
+    """The run's callbacks that observe and record it, in the order they must see
+    each batch: the NaN guard first, so that nothing is written for a step with a
+    NaN loss. The caller appends the user's callbacks, then the checkpointing
+    (the epoch's commit: after everything that records the epoch), then the
+    signal guard (last, so that every other callback has seen the step it stops
+    after)."""
     callbacks = [NonFiniteLossGuard()]
     if config.lr_halve_epochs:
         callbacks.append(LearningRateHalving(config.learning_rate, config.lr_halve_epochs,
                                              config.lr_halve_factor, print_fn))
     if config.profile_steps:
         callbacks.append(ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn))
-    if config.profiler_port:
-        start_profiler_server(config.profiler_port)
-        print_fn(f"harness: profiler server on port {config.profiler_port}, listening on ALL "
-                 "network interfaces with no authentication; in TensorBoard's Profile tab "
-                 f"use Capture profile with localhost:{config.profiler_port}")
+    if config.profiler_port:  # a port in use is a warning line: profiling is best-effort
+        start_profiler_server(config.profiler_port, print_fn=print_fn)
     callbacks += [
         TensorBoardSummaries(
             run_dir, probe_batch=splits.probe(config.batch_size),
             batch_size=config.batch_size, every_steps=config.summary_every_steps,
             histogram_freq=config.histogram_freq, hparams=_hparams(config),
             flags=dataclasses.asdict(config)),
-        checkpointing,
         BestModel(os.path.join(run_dir, rundir.BEST_MODEL_FILE), config.monitor,
                   report.higher_is_better(config.monitor),
                   _best_so_far(config, run_dir, schedule.initial_epoch)),
         HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE), schedule.initial_epoch),
-        *user_callbacks,
-        StopOnSignal(on_stop=checkpointing.save),
     ]
     return callbacks
 
 
-def _restore(model: keras.Model, run_dir: str, keep: int,
+def _restore(model: keras.Model, run_dir: str, keep: int, checkpoint: tf.train.Checkpoint,
              print_fn: Callable[[str], None]) -> int:
     """Restores the newest readable checkpoint of `run_dir` (the chief's run
-    directory, which other workers read but never write)."""
-    manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR), keep)
+    directory, which other workers read but never write) into `checkpoint`'s
+    objects; returns its global step, 0 when the run never saved one
+    (`rundir.plan` allows that only for a run that recorded no epoch)."""
+    extra = {name: getattr(checkpoint, name) for name in ("epoch_metrics",)}
+    manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR), keep,
+                           warn=print_fn, extra=extra)
+    if not checkpoint_prefixes(manager):
+        print_fn("harness: the run has no checkpoint yet: it starts again from step 0")
+        return 0
     path = restore_latest(manager, warn=print_fn)
     if path is None:
         raise UsageError(f"--resume: no usable checkpoint in {manager.directory}; "

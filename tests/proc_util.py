@@ -1,6 +1,7 @@
 """Test helpers for real `python -m harness.run` processes and what they leave on disk.
 
-Used by test_reliability.py, which kills, signals and corrupts real runs:
+Used by the tests that kill, signal and corrupt real runs (test_reliability.py,
+test_faults.py) and check the CLI's errors:
 
 - `Harness`: one subprocess of the entrypoint, its stdout/stderr captured in
   files (a pipe nobody reads could block it), started in its own session so a
@@ -8,6 +9,8 @@ Used by test_reliability.py, which kills, signals and corrupts real runs:
 - `snapshot`: every file under a folder with its size and mtime, to prove a
   refused command changed nothing.
 - `checkpoint_steps` / `checkpoint_is_finite`: what a run's checkpoints hold.
+- `in_a_tmpfs`: a script run with ./logs on a tmpfs of its own (a real full disk).
+- `harness_lines` / `assert_one_error_line`: the one-line error contract.
 - `event_steps`: every (tag, step) written to the event files of a folder,
   read with TensorBoard's `EventAccumulator` *without* its purge of orphaned
   data, so a step written twice is seen twice.
@@ -15,6 +18,7 @@ Used by test_reliability.py, which kills, signals and corrupts real runs:
 
 import os
 import re
+import shlex
 import signal
 import struct
 import subprocess
@@ -227,3 +231,52 @@ def one_error_line(stderr: str) -> Optional[str]:
     """The stderr lines that are not TF/absl start-up noise, if exactly one."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     return lines[0] if len(lines) == 1 else None
+
+
+def in_a_tmpfs(work: Path, script: str, flags: list, size: str) -> subprocess.CompletedProcess:
+    """Runs the bash `script` in `work` with ./logs on a fresh tmpfs of `size` in a
+    mount namespace of its own (a real full disk, a real read-only folder).
+
+    In the script, `$PY` is this interpreter and `$HARNESS` the entrypoint with
+    `flags`; the run directory `logs/r` is copied to ./after at the end, before the
+    tmpfs goes away. Skips the test where mounting is not allowed.
+    """
+    import pytest
+    probe = work / "mount-probe"
+    probe.mkdir(exist_ok=True)
+    if subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -t tmpfs tmpfs {probe}"],
+                      capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs unshare and mount rights)")
+    (work / "logs").mkdir(exist_ok=True)
+    command = " ".join(shlex.quote(part) for part in [sys.executable, "-m", "harness.run",
+                                                       *flags])
+    full = (f"mount -t tmpfs -o size={size} tmpfs logs || exit 99\n"
+            f"PY={shlex.quote(sys.executable)}\nHARNESS={shlex.quote(command)}\n"
+            f"{script}\ncp -a logs/r after 2>/dev/null; exit 0\n")
+    return subprocess.run(["unshare", "--mount", "bash", "-c", full], cwd=work,
+                          env={**harness_env(), "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=600)
+
+
+# TensorFlow's C++ start-up lines, which no environment variable silences in TF 2.21.
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+                       r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]"
+                       r"|To enable the following instructions)")
+
+
+def harness_lines(stderr: str) -> list:
+    """stderr without TensorFlow's C++ start-up noise."""
+    return [line for line in stderr.splitlines() if line.strip() and not TF_NOISE.match(line)]
+
+
+def assert_one_error_line(process, *fragments: str, exit_code: int = 2) -> str:
+    """The usage-error contract: exit 2, one `harness: error:` line, no traceback."""
+    stdout = process.stdout if isinstance(process.stdout, str) else ""
+    assert process.returncode == exit_code, (process.returncode, process.stderr[-3000:])
+    assert "Traceback" not in process.stderr + stdout, process.stderr[-3000:]
+    lines = harness_lines(process.stderr)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("harness: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

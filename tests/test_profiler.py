@@ -1,15 +1,19 @@
 """Tests for the profiler callback, the profile tables and scripts/profile_report.py.
 
 Real TensorFlow, no mocks: tiny models train for a few steps under each driver
-(`fit`, `train_on_batch`, a `GradientTape` loop), and the tests read the
-captures written to disk. The GPU tables are checked on a real 8xV100 capture
+(`fit`, `train_on_batch`, a `GradientTape` loop, by hand and through the
+harness and its command line), and the tests read the captures written to disk
+back through xprof. The GPU tables are checked on a real 8xV100 capture
 from the shared data folder (see its README), always read from a temporary copy.
 """
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -21,6 +25,8 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from callbacks import profile_tables
 from callbacks.profile_windows import parse_profile_steps
 from callbacks.profiler import ProfilerCallback, profiler_options, start_profiler_server
+from harness.config import MODES, Config
+from harness.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
@@ -261,6 +267,145 @@ def test_profiler_options_reach_the_profiler(tmp_path):
     }
     # Python-tracer events ("$file:line function") exist only if the level was applied.
     assert any(name.endswith(" traced_python_function") for name in names)
+
+
+# --- The harness's three loops: xprof sees each window's steps ------------------------------
+
+# Six steps (xprof drops the first and last of a capture with more than five) across the
+# end of the first epoch (TINY: 8 steps an epoch, 2 validation batches) and its validation.
+WINDOW = (6, 11)
+TINY_STEPS_PER_EPOCH = 8
+
+
+class _Executions(keras.callbacks.Callback):
+    """The (first, last) global step of each train execution, and the (first, last)
+    batch of each validation call, one list per epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.train, self.test = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._offset = epoch * TINY_STEPS_PER_EPOCH + 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.train.append((self._offset + self._first, self._offset + batch))
+
+    def on_test_begin(self, logs=None):
+        self.test.append([])
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._first = batch
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test[-1].append((self._first, batch))
+
+
+@pytest.fixture(scope="module")
+def harness_runs(tmp_path_factory, tiny_config):
+    """Per mode, a 2-epoch tiny harness run profiling WINDOW: (Result, lines, _Executions)."""
+    runs = {}
+    for mode in MODES:
+        logdir = tmp_path_factory.mktemp(f"profiled-{mode}")
+        executions, lines = _Executions(), []
+        result = train(tiny_config(logdir, mode=mode, epochs=2, profile_steps=(WINDOW,)),
+                       print_fn=lines.append, callbacks=[executions])
+        runs[mode] = (result, lines, executions)
+    return runs
+
+
+def _xprof_steps(capture: tuple[Path, ...], tool: str) -> list[str]:
+    """The step labels of an xprof tool's step-time table, read from a copy of the capture."""
+    from xprof.convert import raw_to_tool_data
+
+    with tempfile.TemporaryDirectory() as scratch:
+        copies = [str(shutil.copy(path, scratch)) for path in capture]
+        data, _ = raw_to_tool_data.xspace_to_tool_data(copies, tool, {})
+    tables = [table for table in json.loads(data)
+              if any(col.get("id") == "stepnum" for col in table.get("cols", []))]
+    assert len(tables) == 1, (tool, data[:500])
+    return [row["c"][0]["v"] for row in tables[0].get("rows", [])]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("tool", ["overview_page", "input_pipeline_analyzer"])
+def test_every_loop_gives_xprof_all_steps_of_the_window(harness_runs, mode, tool):
+    """Item 14: the tape loop's capture had no step (a compiled loop hides the step
+    markers from xprof) and the others showed 4 of these 6 (xprof drops the first and
+    last step of a capture of more than 5 steps)."""
+    result, lines, _ = harness_runs[mode]
+    captures = profile_tables.find_captures(result.run_dir)
+    assert len(captures) == 1
+    assert _xprof_steps(captures[0], tool) == [f"train {step}" for step in range(6, 12)]
+    printed = [line for line in lines if line.startswith("ProfilerCallback: profiled steps 6-11")]
+    assert len(printed) == 1 and "CPU_ONLY): 6 steps, avg" in printed[0]
+
+
+def test_tape_runs_only_the_window_one_step_per_call(harness_runs):
+    """Item 15: profiling no longer runs every tape step in its own call. Executions keep
+    their automatic size (100 here, cut at epoch ends) and stop short of the window; its
+    steps, and the validation batches evaluated while it is open, go one per call. The
+    first step of a run that profiles runs alone too (the one-step call's first run)."""
+    assert Config(mode="tape", profile_steps=(WINDOW,)).execution_steps == 100
+    _, _, executions = harness_runs["tape"]
+    assert executions.train == [(1, 1), (2, 5), *((step, step) for step in range(6, 12)),
+                                (12, 16)]
+    assert executions.test == [[(0, 0), (1, 1)], [(0, 1)]]
+
+
+# --- The command line: warnings at the start, nothing stray on stderr -------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`python -m harness.run`: a tape run of 8 steps profiling '2,3;20,30', with
+    --profiler_port on a port in use. Returns (port, CompletedProcess)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # run.py's own
+    logdir = tmp_path_factory.mktemp("cli")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "harness.run", "--mode=tape", "--num_examples=250",
+             "--max_len=60", "--num_words=1000", "--batch_size=32", "--epochs=1", "--verbose=0",
+             f"--logdir={logdir}", "--profile_steps=2,3;20,30", f"--profiler_port={port}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return port, result
+
+
+def test_profiler_port_in_use_is_one_warning_not_a_server_line(cli_run):
+    """Item 16: a port in use printed 'profiler server on port N' (TF only logs that the
+    bind failed); profiling is best-effort, so it is one warning and training goes on."""
+    port, result = cli_run
+    about_port = [line for line in result.stdout.splitlines() if str(port) in line]
+    assert about_port == [f"WARNING: profiler server not started: port {port} is in use "
+                          "(Address already in use); training continues without it."]
+    assert "profiler server on port" not in result.stdout
+
+
+def test_window_beyond_the_last_step_is_one_warning_at_the_start(cli_run):
+    """Item 16: a window after the run's last step was silently never captured."""
+    _, result = cli_run
+    lines = result.stdout.splitlines()
+    warned = [i for i, line in enumerate(lines) if "20-30" in line]
+    assert [lines[i] for i in warned] == [
+        "WARNING: ProfilerCallback: profile window 20-30 ends after the run's last step 8; "
+        "it is never captured."]
+    captured = next(i for i, line in enumerate(lines)
+                    if line.startswith("ProfilerCallback: profiled steps 2-3"))
+    assert warned[0] < captured
+
+
+def test_capture_prints_no_xprof_error_on_stderr(cli_run):
+    """Item 16: converting a capture printed xprof's 'E... No UnifiedProfileProcessor
+    registered for tool: kernel_stats' (its C++ log, before a fallback that works)."""
+    _, result = cli_run
+    assert "ProfilerCallback: profiled steps 2-3" in result.stdout
+    assert "UnifiedProfileProcessor" not in result.stderr
 
 
 # --- GPU tables and the report script ------------------------------------------------------

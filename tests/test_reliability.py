@@ -37,7 +37,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proc_util  # noqa: E402  (also puts the repository root on sys.path)
-from proc_util import Harness, snapshot  # noqa: E402
+from proc_util import Harness, assert_one_error_line, harness_lines, snapshot  # noqa: E402
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -47,30 +47,6 @@ from harness.config import Config  # noqa: E402
 from harness.errors import HarnessError, UsageError  # noqa: E402
 
 MODES = ("fit", "train_on_batch", "tape")
-
-# TensorFlow's C++ start-up lines, which no environment variable silences in TF 2.21.
-_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
-                       r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]"
-                       r"|To enable the following instructions)")
-
-
-def harness_lines(stderr: str) -> list:
-    """stderr without TensorFlow's C++ start-up noise."""
-    return [line for line in stderr.splitlines() if line.strip() and not _TF_NOISE.match(line)]
-
-
-def assert_one_error_line(process, *fragments: str, exit_code: int = 2) -> str:
-    """The usage-error contract: exit 2, one `harness: error:` line, no traceback."""
-    stdout = process.stdout if isinstance(process.stdout, str) else ""
-    assert process.returncode == exit_code, (process.returncode, process.stderr[-3000:])
-    assert "Traceback" not in process.stderr + stdout, process.stderr[-3000:]
-    lines = harness_lines(process.stderr)
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("harness: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
 
 def read_json(path) -> dict:
     with open(path) as f:
@@ -164,7 +140,7 @@ def interrupted(tmp_path_factory):
                 line = [l for l in victim.stderr.splitlines() if "resume with:" in l]
                 assert line, victim.stderr[-3000:]
                 command = shlex.split(line[-1].split("resume with:", 1)[1])
-                assert command[:3] == ["python", "-m", "harness.run"], command
+                assert command[:3] == [sys.executable, "-m", "harness.run"], command
                 victim.resume_args = command[3:]
             victim.resume = Harness(victim.resume_args, work, name=f"{victim.name}-resume")
             processes.append(victim.resume)
@@ -437,7 +413,7 @@ def test_nan_after_a_good_epoch_keeps_its_checkpoints_and_best_model(mode, make_
     assert 8 < step <= 16  # in epoch 2
     run_dir = logdir / "nan"
     steps = _assert_checkpoints_finite(run_dir / "checkpoints", below_step=step)
-    assert steps == list(range(1, step))
+    assert steps == list(range(0, step))  # step 0: saved before training
     history = read_json(run_dir / "history.json")
     assert history["epoch"] == [1]
     model = keras.saving.load_model(run_dir / "best.keras", safe_mode=True)
@@ -559,7 +535,7 @@ POST_TF_BAD = {
     "resume-other-seed": (["--resume", "--run_name=done", "--seed=7", "--epochs=2"],
                           ["--resume", "--seed=7", "contradicts"]),
     "resume-no-checkpoints": (["--resume", "--run_name=nockpt", "--epochs=2"],
-                              ["--resume", "no checkpoints"]),
+                              ["--resume", "no usable checkpoint", "records 1 epochs"]),
     "model-does-not-import": (["--model=tests.no_such_module:build", "--run_name=new"],
                               ["--model='tests.no_such_module:build'", "does not import"]),
     "model-not-a-model": (["--model=tests.user_models:not_a_model", "--run_name=new"],

@@ -154,9 +154,10 @@ def test_checkpoint_every_steps_numbers_by_global_step(tmp_path):
                    print_fn=lambda s: None)
     state = tf.train.get_checkpoint_state(str(Path(result.run_dir) / "checkpoints"))
     steps = [int(Path(p).name.split("-")[1]) for p in state.all_model_checkpoint_paths]
-    # every 5 global steps, plus each epoch end (7, 14), never the same step twice
-    assert steps == [5, 7, 10, 14]
-    reader = tf.train.load_checkpoint(state.all_model_checkpoint_paths[0])
+    # step 0 (before training), every 5 global steps, plus each epoch end (7, 14),
+    # never the same step twice
+    assert steps == [0, 5, 7, 10, 14]
+    reader = tf.train.load_checkpoint(state.all_model_checkpoint_paths[1])
     iterations = [name for name in reader.get_variable_to_shape_map()
                   if "iterations" in name]
     assert iterations and int(reader.get_tensor(iterations[0])) == 5

@@ -4,6 +4,9 @@
 ending in the task's head. The other names are the mistakes a user makes.
 """
 
+import os
+import signal
+
 import keras
 from keras import layers
 
@@ -31,3 +34,92 @@ def not_a_model(input_shape, num_classes):
 
 
 NOT_A_FUNCTION = 42
+
+
+class Scale(layers.Layer):
+    """A custom layer a user writes and never registers with Keras: `best.keras`
+    holds its name, but Keras cannot find the class to load it back."""
+
+    def build(self, input_shape):
+        self.factor = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+                                      name="factor")
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+
+def custom_layer(input_shape, num_classes):
+    """`tiny` with an unregistered custom layer after the embedding."""
+    model = tiny(input_shape, num_classes)
+    return keras.Sequential([keras.Input(shape=input_shape, dtype="int32"), model.layers[0],
+                             Scale(), *model.layers[1:]], name="custom_layer")
+
+
+def lambda_layer(input_shape, num_classes):
+    """`tiny` with a Lambda layer, which Keras's safe mode refuses to load."""
+    model = tiny(input_shape, num_classes)
+    return keras.Sequential([keras.Input(shape=input_shape, dtype="int32"), model.layers[0],
+                             layers.Lambda(lambda x: x * 0.5), *model.layers[1:]],
+                            name="lambda_layer")
+
+
+def wrong_units(input_shape, num_classes):
+    """A head with the wrong number of units for the task."""
+    return keras.Sequential([
+        keras.Input(shape=input_shape, dtype="int32"),
+        layers.Embedding(VOCABULARY, 8),
+        layers.GlobalAveragePooling1D(),
+        layers.Dense(num_classes + 3, activation="softmax"),
+    ], name="wrong_units")
+
+
+def two_outputs(input_shape, num_classes):
+    """Two outputs where the task has one."""
+    tokens = keras.Input(shape=input_shape, dtype="int32")
+    pooled = layers.GlobalAveragePooling1D()(layers.Embedding(VOCABULARY, 8)(tokens))
+    return keras.Model(tokens, [layers.Dense(num_classes, activation="softmax")(pooled),
+                                layers.Dense(1, activation="sigmoid")(pooled)])
+
+
+def no_weights(input_shape, num_classes):
+    """A model whose every weight is frozen: nothing to train."""
+    return keras.Sequential([
+        keras.Input(shape=input_shape, dtype="int32"),
+        layers.Embedding(VOCABULARY, num_classes if num_classes > 2 else 1, trainable=False),
+        layers.GlobalAveragePooling1D(),
+        layers.Activation("softmax" if num_classes > 2 else "sigmoid"),
+    ], name="no_weights")
+
+
+def _check_vocabulary(size):
+    raise ValueError(f"vocabulary size {size} is not a power of two")
+
+
+def raises(input_shape, num_classes):
+    """A builder with a bug: it raises from a helper of the user's own."""
+    _check_vocabulary(VOCABULARY)
+
+
+@keras.saving.register_keras_serializable(package="harness_tests")
+class DiesInSave(layers.Layer):
+    """Passes its input through; kills its own process (SIGKILL) in the Nth `.keras`
+    save of the process, N from $HARNESS_TEST_DIE_IN_SAVE: a crash in mid-write of
+    best.keras, at a moment no signal from outside can aim at."""
+
+    saves = 0
+
+    def call(self, inputs):
+        return inputs
+
+    def save_own_variables(self, store):
+        DiesInSave.saves += 1
+        if DiesInSave.saves == int(os.environ.get("HARNESS_TEST_DIE_IN_SAVE", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().save_own_variables(store)
+
+
+def dies_in_save(input_shape, num_classes):
+    """`tiny` with a `DiesInSave` layer after the embedding."""
+    model = tiny(input_shape, num_classes)
+    return keras.Sequential([keras.Input(shape=input_shape, dtype="int32"), model.layers[0],
+                             DiesInSave(), *model.layers[1:]], name="dies_in_save")
