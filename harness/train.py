@@ -70,11 +70,14 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
     if not chief:
         print_fn(f"{distribute.describe(strategy)}: this worker trains and writes nothing; "
                  "the chief (worker 0) writes the run")
+    # The epoch's metric state is a plain host variable: a variable of unknown shape
+    # created under MultiWorkerMirroredStrategy crashes its broadcast.
+    metrics_state = EpochMetricsState()
     try:
         with strategy.scope():
             result = _train(config, run_dir, print_fn if chief else _quiet,
                             [device_line, threads_line, distribute.describe(strategy)],
-                            list(callbacks))
+                            list(callbacks), metrics_state)
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -82,7 +85,8 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
 
 
 def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
-           startup_lines: list, user_callbacks: list) -> Result:
+           startup_lines: list, user_callbacks: list,
+           metrics_state: EpochMetricsState) -> Result:
     """Everything of `train` that runs inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
     splits = _load_data(config)
@@ -100,7 +104,6 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     claim = None  # this process's hold on the run directory, for the run's life
     try:
         claim = rundir.create(config, run_dir)
-        metrics_state = EpochMetricsState()  # in the checkpoint: see epoch_state.py
         manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
                                config.keep_checkpoints, warn=print_fn,
                                extra={"epoch_metrics": metrics_state.saved})
