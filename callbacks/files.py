@@ -33,9 +33,10 @@ class WriteFailed(RuntimeError):
 def write_errors(path: str) -> Iterator[None]:
     """Turns an I/O error of the block (Python's or TensorFlow's) into `WriteFailed`."""
     tf = sys.modules.get("tensorflow")  # no TensorFlow loaded: none of its errors either
+    errors = (OSError, tf.errors.OpError) if tf else (OSError,)
     try:
         yield
-    except (OSError, *((tf.errors.OpError,) if tf else ())) as error:
+    except errors as error:
         raise WriteFailed(path, error) from error
 
 

@@ -14,9 +14,7 @@
 (10) and (13a) run real `python -m harness.run` processes, all of (10) at once.
 """
 
-import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,15 +26,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proc_util  # noqa: E402  (also puts the repository root on sys.path)
-from proc_util import assert_one_error_line, harness_lines, snapshot  # noqa: E402
+from proc_util import assert_one_error_line, harness_lines  # noqa: E402
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from harness.errors import HarnessError, UsageError  # noqa: E402
+from harness.errors import UsageError  # noqa: E402
 from tests import user_models  # noqa: E402
 
-# TensorFlow's C++ start-up lines, which no environment variable silences in TF 2.21.
+TINY_FLAGS = ["--num_examples=100", "--max_len=20", "--num_words=1000", "--verbose=0",
+              "--epochs=1", "--histogram_freq=0", "--logdir=logs", "--run_name=r"]
+
+
 # --- 10: a user model that cannot train is refused before anything is written -------------
 
 BAD_MODELS = {
