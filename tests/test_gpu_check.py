@@ -56,7 +56,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_gpu_tensorflow_does_not_see_fails_first_and_skips_the_rest(tmp_path):
+def test_a_gpu_tensorflow_does_not_see_fails_first_and_skips_the_rest(tmp_path, shared_data):
     # A stand-in nvidia-smi lists a GPU; TensorFlow here (CPU) sees none.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -65,7 +65,8 @@ def test_a_gpu_tensorflow_does_not_see_fails_first_and_skips_the_rest(tmp_path):
     fake.chmod(0o755)
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"),
-                           "--no_install", "--out", str(out)], capture_output=True, text=True,
+                           "--no_install", "--out", str(out), "--data_dir", str(shared_data)],
+                          capture_output=True, text=True,
                           cwd=REPO, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, timeout=180)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "--no_install: not running: pip install 'tensorflow[and-cuda]==" in done.stdout
