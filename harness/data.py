@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from harness.config import DATA_FILES, check_data_dir, data_file_hint
+from harness.catalog import DATA_FILES, check_data_dir, data_file_hint
 from harness.errors import HarnessError, UsageError
 
 # Default size and validation split of the synthetic data, like Reuters's 8982/2246.

@@ -17,7 +17,7 @@ import os
 import shutil
 
 from callbacks import files
-from harness.config import Config, check_logdir
+from harness.config import Config
 from harness.errors import UsageError
 
 FLAGS_FILE = "flags.json"
@@ -36,6 +36,21 @@ def default_run_name(config: Config, now: datetime.datetime) -> str:
     The microseconds keep the names of runs started in the same second apart."""
     model = config.model.rpartition(":")[2]
     return f"{model}-{config.mode}-{now:%Y%m%d-%H%M%S-%f}"
+
+
+def check_logdir(logdir: str) -> None:
+    """Raises UsageError unless `logdir` is, or can be created as, a writable folder.
+
+    Part of `plan`, so an unusable --logdir fails before TensorFlow is imported;
+    it only looks, never creates.
+    """
+    existing = logdir
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    existing = existing or "."
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--logdir={logdir!r} cannot be written ({existing} is not a "
+                         "writable folder): choose another --logdir")
 
 
 def path(config: Config) -> str:

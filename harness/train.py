@@ -45,13 +45,17 @@ class Result:
 
 
 def train(config: Config, print_fn: Callable[[str], None] = print,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> Result:
+          callbacks: Sequence[keras.callbacks.Callback] = (), *,
+          run_dir: Optional[str] = None) -> Result:
     """Trains the model `config` describes and returns where it went and how it did.
 
     Args:
         config: the run's options.
         print_fn: where console lines go.
         callbacks: more Keras callbacks, driven like the harness's own in every loop.
+        run_dir: what `rundir.plan(config)` returned, where the caller checked the
+            run directory already (the entrypoint does, before TensorFlow loads);
+            None: it is checked here.
 
     Raises:
         UsageError: a bad value or combination; nothing has been written then.
@@ -59,15 +63,18 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
         HarnessError: the loss became NaN or Inf; no checkpoint or best model
             was written from that step on.
     """
-    config.validate()
+    if not config.validated:  # the entrypoint's configs are validated before TF loads
+        config.validate()
     threads_line = devices.configure_threads(config.intra_op_threads, config.inter_op_threads)
     keras.backend.clear_session()  # fresh layer names: the same tags in every run
     device_line = devices.configure(config.gpus, config.gpu_memory_growth,
                                     config.gpu_memory_limit_mb)
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     chief = distribute.is_chief(strategy)
-    run_dir = rundir.plan(config) if chief else tempfile.mkdtemp(prefix="harness-worker-")
-    if not chief:
+    if chief:
+        run_dir = run_dir or rundir.plan(config)
+    else:
+        run_dir = tempfile.mkdtemp(prefix="harness-worker-")
         print_fn(f"{distribute.describe(strategy)}: this worker trains and writes nothing; "
                  "the chief (worker 0) writes the run")
     # The epoch's metric state is a plain host variable: a variable of unknown shape
@@ -93,10 +100,7 @@ def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
     model = _compiled_model(config, splits.num_classes)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size,
                                      config.steps_per_epoch)
-    if config.mode == "fit" and steps_per_epoch % config.execution_steps:
-        raise UsageError(f"--steps_per_execution={config.execution_steps} must divide the "
-                         f"{steps_per_epoch} steps of an epoch with --mode=fit (Keras would "
-                         "run extra steps); set --steps_per_epoch to a multiple of it")
+    loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
     stop_guard = StopOnSignal(steps_per_epoch=steps_per_epoch,
                               end_step=config.epochs * steps_per_epoch)

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import data, loops, models, tracing
-from harness.config import BUILTIN_MODELS, MIN_MAX_LEN, MODES, Config
+from harness import data, models, tracing
+from harness.catalog import MIN_MAX_LEN
+from harness.config import BUILTIN_MODELS, MODES, Config
 from harness.errors import UsageError
+from harness.loops.tape_steps import _StaticBatches
 from harness.train import train
 
 MULTICLASS_METRICS = ("loss", "accuracy", "top5_accuracy")
@@ -276,7 +278,7 @@ def test_tape_input_reads_the_stream_in_order(start_step, counts):
     executions cut the steps, it trains on the stream's batches in the stream's order."""
     x, y = np.arange(50 * 3, dtype=np.int32).reshape(50, 3), np.arange(50, dtype=np.int32)
     stream = data.TrainStream(x, y, batch_size=8, seed=7)  # passes of 6 x 8 and then 2
-    batches = loops._StaticBatches(stream, start_step, distribute=lambda dataset: dataset)
+    batches = _StaticBatches(stream, start_step, distribute=lambda dataset: dataset)
     read = []
     for count in counts:
         runs = batches.take(count)
