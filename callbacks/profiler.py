@@ -5,7 +5,7 @@ marks every step inside it with a `Trace("train", step_num=...)` (the step
 markers behind the Profile tab's step-time breakdown) and stops after the last
 step. The capture is written where TensorBoard's Profile tab finds it,
 `<run_dir>/plugins/profile/<session>/<host>.xplane.pb`, and summarized as
-tables (see `profile_tables`) that are printed and saved next to it.
+tables (see `profile_xprof` and `profile_render`) that are printed and saved next to it.
 
 Profiling is best-effort: a failure to start, stop or summarize a capture is
 one warning line and training goes on.
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from callbacks import profile_tables
+from callbacks import profile_render, profile_xprof
 from callbacks.base import StepCallback
 from callbacks.profile_windows import Window, validate_windows
 
@@ -272,20 +272,20 @@ class ProfilerCallback(StepCallback):
             return
         self.captures.append(folder)
         try:
-            tables = profile_tables.build_tables(
-                sorted(folder.glob(f"*{profile_tables.XPLANE_SUFFIX}")), top=self._top
+            tables = profile_xprof.build_tables(
+                sorted(folder.glob(f"*{profile_xprof.XPLANE_SUFFIX}")), top=self._top
             )
-            profile_tables.write_tables(tables, folder)
+            profile_render.write_tables(tables, folder)
         except Exception as e:  # Profiling is best-effort: never stop training for it.
             self._warn(f"profile of steps {_span(window)} saved in {folder}, but no tables", e)
             return
         self._print(
             f"ProfilerCallback: profiled steps {_span(window)}, tables saved in {folder}\n"
-            + profile_tables.format_tables(tables)
+            + profile_render.format_tables(tables)
         )
 
     def _xplane_mtimes(self) -> dict[Path, int]:
-        pattern = f"plugins/profile/*/*{profile_tables.XPLANE_SUFFIX}"
+        pattern = f"plugins/profile/*/*{profile_xprof.XPLANE_SUFFIX}"
         return {path: path.stat().st_mtime_ns for path in self.run_dir.glob(pattern)}
 
     def _new_capture_folder(self, window: Window) -> Path:
@@ -311,7 +311,7 @@ class ProfilerCallback(StepCallback):
 
 def _padding_step(step: int) -> None:
     """A step marker around one no-op, for xprof to drop instead of a real step."""
-    with tf.profiler.experimental.Trace(profile_tables.PADDING_STEP, step_num=step, _r=1):
+    with tf.profiler.experimental.Trace(profile_xprof.PADDING_STEP, step_num=step, _r=1):
         tf.raw_ops.NoOp()
 
 

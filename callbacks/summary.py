@@ -26,11 +26,9 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
-from callbacks import event_records
 from callbacks.base import StepCallback
 
 TRAIN, VALIDATION = "train", "validation"
@@ -215,40 +213,3 @@ def histogram_buckets(values: np.ndarray, bucket_count: int = HISTOGRAM_BUCKETS)
     edges[-1] = high
     return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
 
-
-def purge_after(run_dir: str, global_step: int, epochs_done: int) -> tuple:
-    """Drops summaries a resumed run is about to write again.
-
-    A run stopped between checkpoints has written summaries for steps it will
-    redo after resuming from the last checkpoint. Like TensorBoard's own purge
-    of orphaned data, this removes them, so no step is shown twice: batch
-    summaries after `global_step`, epoch summaries after `epochs_done`, and
-    at step 0 (a run resumed before its first step) everything, the graph
-    and the run's hyperparameters included. A damaged record is dropped alone;
-    the records after it are kept. Each event file is rewritten atomically.
-
-    Returns:
-        (dropped, damaged): the summaries dropped to be written again, and the
-        damaged stretches of records skipped (their content is lost).
-    """
-    dropped = damaged_total = 0
-    for folder in ("", TRAIN, VALIDATION):
-        for path in tf.io.gfile.glob(os.path.join(run_dir, folder, "events.out.tfevents.*")):
-            records, damaged = event_records.read_records(path)
-            kept = [record for record in records
-                    if not _is_orphan(event_pb2.Event.FromString(record), global_step,
-                                      epochs_done)]
-            if damaged or len(kept) < len(records):
-                event_records.write_records(path, kept)
-                dropped += len(records) - len(kept)
-                damaged_total += damaged
-    return dropped, damaged_total
-
-
-def _is_orphan(event, global_step: int, epochs_done: int) -> bool:
-    if not global_step:
-        return not event.HasField("file_version")
-    if not event.HasField("summary") or not event.summary.value:
-        return False
-    is_batch = event.summary.value[0].tag.startswith("batch_")
-    return event.step > (global_step if is_batch else epochs_done)

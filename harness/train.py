@@ -20,11 +20,12 @@ from callbacks.best_model import BestModel
 from callbacks.checkpoint import (Checkpointing, checkpoint_prefixes, make_manager,
                                   restore_latest)
 from callbacks.epoch_state import EpochMetricsState
+from callbacks.events import purge_after
 from callbacks.guards import Interrupted, NonFinite, NonFiniteLossGuard, StopOnSignal
 from callbacks.history_file import HistoryFile
 from callbacks.lr_halving import LearningRateHalving
 from callbacks.profiler import ProfilerCallback, start_profiler_server
-from callbacks.summary import TensorBoardSummaries, purge_after
+from callbacks.summary import TensorBoardSummaries
 from harness import (data, devices, distribute, export, loops, models, multi_io, report,
                      rundir, task, tracing)
 from harness.config import Config

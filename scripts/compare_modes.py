@@ -27,6 +27,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from callbacks import events  # noqa: E402
+
 MODES = ("fit", "train_on_batch", "tape")
 # Tags shown first, in this order; other epoch_* tags follow alphabetically.
 _FIRST = ("epoch_loss", "epoch_accuracy", "epoch_top5_accuracy", "epoch_auc")
@@ -97,22 +99,10 @@ def read_epoch_scalars(run_dir: str) -> dict:
 
     A step written twice (it should not be) keeps its last value.
     """
-    import tensorflow as tf
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    found = {}
-    for split in ("train", "validation"):
-        directory = os.path.join(run_dir, split)
-        if not os.path.isdir(directory):
-            continue
-        accumulator = EventAccumulator(directory, size_guidance={"tensors": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["tensors"]:
-            if tag.startswith("epoch_"):
-                found[f"{split}/{tag}"] = {
-                    event.step: float(tf.make_ndarray(event.tensor_proto))
-                    for event in accumulator.Tensors(tag)}
-    return found
+    return {f"{split}/{tag}": dict(points)
+            for split in ("train", "validation")
+            for tag, points in events.read(os.path.join(run_dir, split))
+            .scalars_named("epoch_").items()}
 
 
 def relative_difference(values) -> float:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the checkpoint reader imports TF
 sys.path.insert(0, str(REPO))
 
-from callbacks import event_records  # noqa: E402
+from callbacks import events  # noqa: E402
 from callbacks.files import TEMPORARY_SUFFIX  # noqa: E402
 
 LOOPS = ("fit", "train_on_batch", "tape")
@@ -80,39 +80,11 @@ def harness(args: list, cwd: Path, name: str) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-class BatchSteps:
-    """The steps of the `batch_loss` summaries in a run's train/ event files, read
-    as they grow (complete records only, so it is cheap enough to poll)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.folder = run_dir / "train"
-        self._offsets: dict = {}
-        self.steps: list = []
-
-    def poll(self) -> list:
-        from tensorboard.compat.proto import event_pb2
-        for path in sorted(self.folder.glob("events.out.tfevents.*")):
-            with open(path, "rb") as f:
-                f.seek(self._offsets.get(path, 0))
-                data = f.read()
-            position = 0
-            while position + 12 <= len(data):
-                length = int.from_bytes(data[position:position + 8], "little")
-                if position + 16 + length > len(data):
-                    break
-                event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
-                if any(value.tag == "batch_loss" for value in event.summary.value):
-                    self.steps.append(event.step)
-                position += 16 + length
-            self._offsets[path] = self._offsets.get(path, 0) + position
-        return self.steps
-
-
 def trigger(moment: str, run_dir: Path, rng: random.Random):
     """A condition on the run directory that becomes true at a moment of that kind."""
     flags = run_dir / "flags.json"
     flags_mtime = flags.stat().st_mtime_ns if flags.exists() else 0
-    tail = BatchSteps(run_dir)
+    tail = events.EventTail(run_dir / "train", "batch_loss")
     done = max(tail.poll(), default=0)
     if moment == "setup":  # the flags are (re)written right after the run directory is claimed
         return lambda: flags.exists() and flags.stat().st_mtime_ns != flags_mtime
@@ -197,7 +169,7 @@ def compare(run_dir: Path, reference: Path, tolerance: float) -> list:
             if abs(value - want) > tolerance:
                 problems.append(f"history {key} epoch {epoch}: {value} != {want}")
     for folder in ("", "train", "validation"):
-        got, want = events(run_dir / folder), events(reference / folder)
+        got, want = (events.read(run / folder).tensors for run in (run_dir, reference))
         for tag, points in got.items():
             steps = [step for step, _ in points]
             if len(set(steps)) != len(steps):
@@ -214,21 +186,6 @@ def compare(run_dir: Path, reference: Path, tolerance: float) -> list:
     problems += compare_weights(run_dir, reference, tolerance)
     left = [p.name for p in run_dir.rglob(f"*{TEMPORARY_SUFFIX}*")]
     return problems + ([f"temporary files left: {left}"] if left else [])
-
-
-def events(folder: Path) -> dict:
-    """{tag: [(step, value), ...]} of the tensor summaries in `folder`'s event files."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.util import tensor_util
-    found: dict = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        for record in event_records.read_records(str(path))[0]:
-            event = event_pb2.Event.FromString(record)
-            for value in event.summary.value:
-                if value.HasField("tensor"):
-                    found.setdefault(value.tag, []).append(
-                        (event.step, tensor_util.make_ndarray(value.tensor)))
-    return found
 
 
 def compare_weights(run_dir: Path, reference: Path, tolerance: float) -> list:

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from callbacks import profile_tables  # noqa: E402  (no TensorFlow at import)
+from callbacks import profile_xprof  # noqa: E402  (no TensorFlow at import)
 
 MODES = ("fit", "train_on_batch", "tape")
 FULL = dict(steps_per_epoch=100, epochs=2, jit_modes=("fit", "tape"), bench_repeats=3,
@@ -107,7 +107,7 @@ def training_verdict(check: str, run: Run, *, epochs: int, replicas: int = 1) ->
     return CheckResult(check, "FAIL" if problems else "PASS", detail, {"loss": losses})
 
 
-def kernel_summary(tables: profile_tables.ProfileTables) -> dict:
+def kernel_summary(tables: profile_xprof.ProfileTables) -> dict:
     """Counts of a capture's tables: kernels, the share of kernel time launched by a
     named op, tensor-core eligible/used rows, steps and the step breakdown."""
     total = sum(k.total_us for k in tables.kernels)
@@ -121,7 +121,7 @@ def kernel_summary(tables: profile_tables.ProfileTables) -> dict:
             "hardware": tables.hardware_type}
 
 
-def profile_verdict(check: str, tables: profile_tables.ProfileTables, *,
+def profile_verdict(check: str, tables: profile_xprof.ProfileTables, *,
                     tensor_cores: bool = False) -> CheckResult:
     """PASS when the kernel table is non-empty, at least MIN_LINKED_SHARE of its time
     names the launching op, the step breakdown has steps, and (with `tensor_cores`)
@@ -268,16 +268,10 @@ def run_child(kind: str, arg: str) -> int:
     if kind == "bench":
         sys.path.insert(0, str(REPO / "scripts"))
         import bench  # no TensorFlow yet
-        argv = json.loads(arg)
-        # Keras (imported with TensorFlow) reads KERAS_HOME once: set it first.
-        home = bench._keras_home_with(
-            os.path.join(argv[argv.index("--data_dir") + 1], "reuters.npz"))
-        try:  # configure devices as the harness does, before anything touches them: its
-            from harness import devices  # runs inside bench then find the same settings
-            devices.configure(None, memory_growth=True, memory_limit_mb=0)
-            return bench.main(argv)
-        finally:
-            shutil.rmtree(home, ignore_errors=True)
+        # configure devices as the harness does, before anything touches them: its
+        from harness import devices  # runs inside bench then find the same settings
+        devices.configure(None, memory_growth=True, memory_limit_mb=0)
+        return bench.main(json.loads(arg))
     used_before, total = gpu_memory_mb()  # before TensorFlow starts
     import tensorflow as tf
 
@@ -346,11 +340,11 @@ def run_harness(name: str, flags: list, opts: dict) -> Run:
 
 
 def _profile(check: str, run: Run, *, tensor_cores: bool = False) -> CheckResult:
-    captures = profile_tables.find_captures(run.run_dir) if run.run_dir.exists() else []
+    captures = profile_xprof.find_captures(run.run_dir) if run.run_dir.exists() else []
     if not captures:
         return CheckResult(check, "FAIL", "no capture under the run dir")
     try:
-        tables = profile_tables.build_tables(captures[-1], top=KERNEL_TOP)
+        tables = profile_xprof.build_tables(captures[-1], top=KERNEL_TOP)
     except (ValueError, RuntimeError) as error:
         return CheckResult(check, "FAIL", f"tables: {error}")
     return profile_verdict(check, tables, tensor_cores=tensor_cores)

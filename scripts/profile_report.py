@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks import profile_tables  # noqa: E402  (needs the repo root on sys.path)
+from callbacks import profile_render, profile_xprof  # noqa: E402  (needs the repo root on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.strip():
         return _error("the path is empty: give a run dir, a session folder or a .xplane.pb file", 2)
     try:
-        captures = profile_tables.find_captures(args.path)
+        captures = profile_xprof.find_captures(args.path)
     except (FileNotFoundError, ValueError) as e:
         return _error(str(e), 2)
     if not captures:
@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for i, capture in enumerate(captures if args.all else captures[-1:]):
         try:
-            tables = profile_tables.build_tables(capture, top=args.top)
+            tables = profile_xprof.build_tables(capture, top=args.top)
         except ValueError as e:
             return _error(str(e), 2)
         except RuntimeError as e:
             return _error(str(e), 1)
-        print(("\n" if i else "") + profile_tables.format_tables(tables))
+        print(("\n" if i else "") + profile_render.format_tables(tables))
     return 0
 
 

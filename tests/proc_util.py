@@ -11,16 +11,13 @@ test_faults.py) and check the CLI's errors:
 - `checkpoint_steps` / `checkpoint_is_finite`: what a run's checkpoints hold.
 - `in_a_tmpfs`: a script run with ./logs on a tmpfs of its own (a real full disk).
 - `harness_lines` / `assert_one_error_line`: the one-line error contract.
-- `event_steps`: every (tag, step) written to the event files of a folder,
-  read with TensorBoard's `EventAccumulator` *without* its purge of orphaned
-  data, so a step written twice is seen twice.
+- `duplicates`: the steps an event file holds twice (read with `callbacks.events`).
 """
 
 import os
 import re
 import shlex
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -170,53 +167,6 @@ def nonfinite_variables(checkpoint_prefix: str) -> list:
     reader = tf.train.load_checkpoint(str(checkpoint_prefix))
     return sorted(name for name, dtype in reader.get_variable_to_dtype_map().items()
                   if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))))
-
-
-def event_steps(directory: Path, tag: str) -> list:
-    """[step, ...] of every `tag` tensor summary in `directory`'s event files, in the
-    order written, duplicates kept (TensorBoard's orphan purge is off)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0},
-                                   purge_orphaned_data=False)
-    accumulator.Reload()
-    if tag not in accumulator.Tags()["tensors"]:
-        return []
-    return [event.step for event in accumulator.Tensors(tag)]
-
-
-class EventTail:
-    """The steps of one summary tag in a folder's event files, read as they grow.
-
-    Reads only complete TFRecords (a record being written is left for the next
-    call) without TensorFlow, so it is cheap enough to poll a running process.
-    """
-
-    def __init__(self, directory: Path, tag: str) -> None:
-        self.directory = Path(directory)
-        self.tag = tag
-        self._offsets: dict = {}
-        self.steps: list = []
-
-    def poll(self) -> list:
-        """Reads what was appended since the last call; returns all steps so far."""
-        from tensorboard.compat.proto import event_pb2
-        for path in sorted(self.directory.glob("events.out.tfevents.*")):
-            offset = self._offsets.get(path, 0)
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-            position = 0
-            while position + 12 <= len(data):
-                (length,) = struct.unpack("<Q", data[position:position + 8])
-                end = position + 12 + length + 4
-                if end > len(data):
-                    break
-                event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
-                if any(value.tag == self.tag for value in event.summary.value):
-                    self.steps.append(event.step)
-                position = end
-            self._offsets[path] = offset + position
-        return self.steps
 
 
 def duplicates(steps: list) -> list:

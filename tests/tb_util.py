@@ -1,12 +1,8 @@
-"""Test helpers: read TensorBoard event files back, and run a real TensorBoard server.
+"""Test helpers: run a real TensorBoard server (event files: `callbacks.events`).
 
 Shared by test_summaries.py, test_resume.py and test_tensorboard_server.py.
 Importing this module also puts the repository root on `sys.path`, so
 `import harness` / `import callbacks` work however pytest was started.
-
-Reading: TF2 writes scalars as *tensor* summaries, so `EventAccumulator`
-lists them under `Tags()["tensors"]` and `tf.make_ndarray` turns each event's
-`tensor_proto` into a value (see ../shared/DESIGN.md).
 
 Serving: `TensorBoardServer` starts the `tensorboard` executable of the
 running Python's environment on a free loopback port in its own process group,
@@ -31,55 +27,6 @@ from typing import Callable, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-
-# Keep every event, not a reservoir sample (the default keeps 10 histograms, ...).
-_KEEP_ALL = {"tensors": 0, "histograms": 0, "scalars": 0, "images": 0,
-             "audio": 0, "compressedHistograms": 0}
-
-
-# --- Event files -----------------------------------------------------------------------
-
-
-def load_events(directory) -> EventAccumulator:
-    """All events of the event files directly in `directory` (not its sub-folders)."""
-    accumulator = EventAccumulator(str(directory), size_guidance=_KEEP_ALL)
-    accumulator.Reload()
-    return accumulator
-
-
-def tensor_tags(directory) -> set:
-    """The tags of the tensor summaries (TF2 scalars, histograms, text, hparams)."""
-    return set(load_events(directory).Tags()["tensors"])
-
-
-def values(accumulator: EventAccumulator, tag: str) -> list:
-    """[(step, numpy value), ...] of one tensor-summary tag, in file order."""
-    return [(event.step, tf.make_ndarray(event.tensor_proto))
-            for event in accumulator.Tensors(tag)]
-
-
-def scalars(directory_or_accumulator, tag: str) -> list:
-    """[(step, float), ...] of one scalar tag, in file order (duplicates kept)."""
-    accumulator = directory_or_accumulator
-    if not isinstance(accumulator, EventAccumulator):
-        accumulator = load_events(accumulator)
-    return [(step, float(value)) for step, value in values(accumulator, tag)]
-
-
-def epoch_scalars(run_dir, split: str = "train") -> dict:
-    """{tag: [(step, value), ...]} of every `epoch_*` scalar in `<run_dir>/<split>/`."""
-    accumulator = load_events(Path(run_dir) / split)
-    return {tag: scalars(accumulator, tag)
-            for tag in sorted(accumulator.Tags()["tensors"]) if tag.startswith("epoch_")}
-
-
-def histogram_counts(histogram: np.ndarray) -> float:
-    """How many values a TF2 histogram summary (rows of [left, right, count]) holds."""
-    return float(np.asarray(histogram)[:, 2].sum())
 
 
 # --- A real TensorBoard server ---------------------------------------------------------

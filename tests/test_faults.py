@@ -24,6 +24,7 @@ from proc_util import Harness, snapshot  # noqa: E402
 import user_models  # noqa: E402, F401  (registers DiesInSave for loading best.keras)
 from proc_util import assert_one_error_line, harness_lines  # noqa: E402
 
+from callbacks import events  # noqa: E402
 from callbacks.files import TEMPORARY_SUFFIX  # noqa: E402
 from harness.errors import RunInterrupted  # noqa: E402
 from scripts import fault_soak  # noqa: E402
@@ -71,7 +72,7 @@ def test_a_stop_at_an_epochs_last_step_keeps_the_epoch(mode, tmp_path, tiny_conf
     run_dir = tmp_path / "stopped"
     assert stop.value.exit_code == 130
     assert read_json(run_dir / "history.json")["epoch"] == [1, 2]  # epoch 2 was recorded
-    assert proc_util.event_steps(run_dir / "validation", "epoch_loss") == [1, 2]
+    assert events.read(run_dir / "validation").steps("epoch_loss") == [1, 2]
     assert max(proc_util.checkpoint_steps(run_dir / "checkpoints")) == 16
     result = train(tiny_config(tmp_path, run_name="stopped", resume=True, **settings),
                    print_fn=lambda s: 0)
@@ -137,7 +138,7 @@ def test_a_run_stopped_during_setup_resumes(signal_number, tmp_path):
     assert read_json(run_dir / "history.json")["epoch"] == [1, 2]
     for split, tag in (("train", "epoch_loss"), ("validation", "epoch_loss"),
                        ("", "flags")):
-        steps = proc_util.event_steps(run_dir / split, tag)
+        steps = events.read(run_dir / split).steps(tag)
         assert proc_util.duplicates(steps) == [], (split, tag, steps)
 
 
@@ -201,21 +202,21 @@ def test_empty_checkpoint_index_resumes_from_the_files(two_epochs, tmp_path, tin
 def test_a_damaged_event_record_costs_that_record_alone(two_epochs, tmp_path, tiny_config,
                                                         run_train):
     run_dir = _copy(two_epochs, tmp_path)
-    (events,) = (run_dir / "train").glob("events.out.tfevents.*")
-    before = proc_util.event_steps(run_dir / "train", "batch_loss")
-    content = bytearray(events.read_bytes())
+    (event_file,) = (run_dir / "train").glob("events.out.tfevents.*")
+    before = events.read(run_dir / "train").steps("batch_loss")
+    content = bytearray(event_file.read_bytes())
     middle = len(content) // 2
     content[middle:middle + 8] = bytes(b ^ 0xFF for b in content[middle:middle + 8])
-    events.write_bytes(bytes(content))
+    event_file.write_bytes(bytes(content))
     result, lines = run_train(tiny_config(tmp_path / "logs", run_name="base", mode="tape", max_len=40,
                                           epochs=3, resume=True, checkpoint_every_steps=3,
                                           summary_every_steps=1, histogram_freq=0))
     assert any("skipped 1 damaged" in line for line in lines), lines
-    steps = proc_util.event_steps(run_dir / "train", "batch_loss")
+    steps = events.read(run_dir / "train").steps("batch_loss")
     assert len(before) == 16 and steps[-8:] == list(range(17, 25))
     assert len(set(steps) & set(before)) >= 14  # one record lost, not the rest of the file
-    assert sorted(proc_util.event_steps(run_dir / "train", "epoch_loss")) in ([1, 2, 3],
-                                                                             [2, 3], [1, 3])
+    assert sorted(events.read(run_dir / "train").steps("epoch_loss")) in ([1, 2, 3], [2, 3],
+                                                                          [1, 3])
     assert result.history["epoch"] == [1, 2, 3]
 
 

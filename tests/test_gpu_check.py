@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import gpu_check  # noqa: E402
-from callbacks import profile_tables as pt  # noqa: E402
+from callbacks import profile_xprof as pt  # noqa: E402
 
 V100 = "gpu_v100x8_tf_bert_tensorflow-profiler-demo.xplane.pb"
 

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from callbacks import profile_tables
+from callbacks import profile_render, profile_xprof
 from callbacks.profile_windows import parse_profile_steps
 from callbacks.profiler import ProfilerCallback, profiler_options, start_profiler_server
 from harness.config import MODES, Config
@@ -184,7 +184,7 @@ def test_fit_writes_capture_and_tables_next_to_it(fit_run):
 
 def test_fit_tables_hold_real_ops_and_the_captured_steps(fit_run):
     run_dir, _, _ = fit_run
-    tables = profile_tables.build_tables(_xplanes(run_dir))
+    tables = profile_xprof.build_tables(_xplanes(run_dir))
     ops = [op for op in tables.ops if "Conv" in op.op_name or "MatMul" in op.op_type]
     assert ops, [op.op_name for op in tables.ops]
     assert all(op.total_self_us > 0 and op.count == 3 for op in ops)
@@ -196,9 +196,9 @@ def test_fit_tables_hold_real_ops_and_the_captured_steps(fit_run):
 
 def test_cpu_capture_has_an_empty_kernel_table(fit_run):
     run_dir, _, output = fit_run
-    tables = profile_tables.build_tables(_xplanes(run_dir))
+    tables = profile_xprof.build_tables(_xplanes(run_dir))
     assert tables.kernels == ()
-    assert "no GPU kernels traced (CPU-only capture)" in profile_tables.format_tables(tables)
+    assert "no GPU kernels traced (CPU-only capture)" in profile_render.format_tables(tables)
     assert "no GPU kernels traced (CPU-only capture)" in output[0]
     csv_lines = (_xplanes(run_dir)[0].parent / "profile_kernels.csv").read_text().splitlines()
     assert csv_lines == ["kernel_name,count,total_us,avg_us,uses_tensor_cores,"
@@ -214,8 +214,8 @@ def test_hand_driven_loops_capture_each_window(tmp_path, driver):
     assert [folder.name.rsplit("_steps_", 1)[1] for folder in callback.captures] == ["2-3", "5-6"]
     assert len(_xplanes(tmp_path)) == 2
     steps = [
-        [step.step for step in profile_tables.build_tables(capture).steps]
-        for capture in profile_tables.find_captures(tmp_path)
+        [step.step for step in profile_xprof.build_tables(capture).steps]
+        for capture in profile_xprof.find_captures(tmp_path)
     ]
     assert steps == [["train 2", "train 3"], ["train 5", "train 6"]]
     assert not any(line.startswith("WARNING") for line in output)
@@ -224,7 +224,7 @@ def test_hand_driven_loops_capture_each_window(tmp_path, driver):
 def test_window_cut_short_by_train_end_is_still_saved(tmp_path):
     callback = ProfilerCallback(tmp_path, [(3, 10)], print_fn=lambda _: None)
     _drive_by_hand("tape", callback, steps=4)
-    steps = profile_tables.build_tables(_xplanes(tmp_path)).steps
+    steps = profile_xprof.build_tables(_xplanes(tmp_path)).steps
     assert [step.step for step in steps] == ["train 3", "train 4"]
 
 
@@ -336,7 +336,7 @@ def test_every_loop_gives_xprof_all_steps_of_the_window(harness_runs, mode, tool
     markers from xprof) and the others showed 4 of these 6 (xprof drops the first and
     last step of a capture of more than 5 steps)."""
     result, lines, _ = harness_runs[mode]
-    captures = profile_tables.find_captures(result.run_dir)
+    captures = profile_xprof.find_captures(result.run_dir)
     assert len(captures) == 1
     assert _xprof_steps(captures[0], tool) == [f"train {step}" for step in range(6, 12)]
     printed = [line for line in lines if line.startswith("ProfilerCallback: profiled steps 6-11")]
@@ -423,7 +423,7 @@ def gpu_capture(tmp_path) -> Path:
 
 
 def test_gpu_kernel_table_matches_the_capture_readme(gpu_capture):
-    tables = profile_tables.build_tables([gpu_capture])
+    tables = profile_xprof.build_tables([gpu_capture])
     kernels = tables.kernels
     assert len(kernels) == 15
     assert sum(k.total_us for k in kernels) == pytest.approx(29690.7, abs=0.1)

@@ -42,6 +42,7 @@ from proc_util import Harness, assert_one_error_line, harness_lines, snapshot  #
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from callbacks import events  # noqa: E402
 from harness import data  # noqa: E402
 from harness.config import Config  # noqa: E402
 from harness.errors import HarnessError, UsageError  # noqa: E402
@@ -107,7 +108,7 @@ def interrupted(tmp_path_factory):
             victims[name] = Stopped(name, mode, signal_number, process)
 
         waiting = dict(victims)
-        tails = {name: proc_util.EventTail(victim.run_dir / "train", "batch_loss")
+        tails = {name: events.EventTail(victim.run_dir / "train", "batch_loss")
                  for name, victim in victims.items()}
         deadline = time.monotonic() + 150
         while waiting and time.monotonic() < deadline:
@@ -132,8 +133,8 @@ def interrupted(tmp_path_factory):
             victim.left_on_disk = snapshot(victim.run_dir)
             if (victim.run_dir / "history.json").exists():
                 victim.epochs_after_stop = read_json(victim.run_dir / "history.json")["epoch"]
-            victim.batch_steps_after_stop = proc_util.event_steps(victim.run_dir / "train",
-                                                                  "batch_loss")
+            victim.batch_steps_after_stop = events.read(victim.run_dir / "train").steps(
+                "batch_loss")
             if victim.signal_number == signal.SIGKILL:
                 victim.resume_args = [*victim.process.args, "--resume"]
             else:  # the command the harness printed
@@ -208,11 +209,11 @@ def test_kill9_then_resume_shows_no_step_twice_in_tensorboard(interrupted, mode)
     assert victim.resume.process.returncode == 0, victim.resume.stderr[-3000:]
     for split in ("train", "validation"):
         for tag in ("epoch_loss", "epoch_accuracy"):
-            steps = proc_util.event_steps(victim.run_dir / split, tag)
+            steps = events.read(victim.run_dir / split).steps(tag)
             assert sorted(steps) == list(range(1, EPOCHS + 1)), (split, tag, steps)
-    steps = proc_util.event_steps(victim.run_dir / "train", "batch_loss")
+    steps = events.read(victim.run_dir / "train").steps("batch_loss")
     assert proc_util.duplicates(steps) == [], steps
-    assert set(steps) <= set(proc_util.event_steps(reference / "train", "batch_loss"))
+    assert set(steps) <= set(events.read(reference / "train").steps("batch_loss"))
     # Everything after the restored step was written by the resumed process.
     restored = _restored_step(victim)
     expected_after = list(range(restored // SUMMARY_EVERY * SUMMARY_EVERY + SUMMARY_EVERY,
@@ -226,8 +227,8 @@ def test_kill9_then_resume_loses_no_summary_step(interrupted, mode):
     block flushes on exit), so a kill loses none that the resume does not redo."""
     victim = interrupted["victims"][f"kill-{mode}"]
     reference = interrupted["work"] / "logs" / f"ref-{mode}"
-    steps = proc_util.event_steps(victim.run_dir / "train", "batch_loss")
-    assert sorted(steps) == proc_util.event_steps(reference / "train", "batch_loss")
+    steps = events.read(victim.run_dir / "train").steps("batch_loss")
+    assert sorted(steps) == events.read(reference / "train").steps("batch_loss")
     assert victim.batch_steps_after_stop[-1] >= _restored_step(victim)
 
 
@@ -260,9 +261,9 @@ def test_signal_saves_the_step_prints_how_to_resume_and_exits_128_plus_n(interru
 def test_signal_then_printed_resume_equals_uninterrupted_run(interrupted, name):
     victim = interrupted["victims"][name]
     _assert_resumed_run_equals_reference(victim, interrupted["references"][victim.mode])
-    steps = proc_util.event_steps(victim.run_dir / "train", "batch_loss")
+    steps = events.read(victim.run_dir / "train").steps("batch_loss")
     reference = interrupted["work"] / "logs" / f"ref-{victim.mode}"
-    assert steps == proc_util.event_steps(reference / "train", "batch_loss")
+    assert steps == events.read(reference / "train").steps("batch_loss")
 
 
 @pytest.mark.parametrize("name", sorted(VICTIMS))
@@ -361,12 +362,12 @@ def test_resume_after_a_crash_that_cut_an_event_record_short(checkpointed, tmp_p
                                                              tiny_config, run_train):
     run_dir, straight = checkpointed
     logdir = _copy_run(run_dir, tmp_path)
-    (events,) = (logdir / "base" / "train").glob("events.out.tfevents.*")
-    os.truncate(events, events.stat().st_size - 7)  # a record torn by the crash
+    (event_file,) = (logdir / "base" / "train").glob("events.out.tfevents.*")
+    os.truncate(event_file, event_file.stat().st_size - 7)  # a record torn by the crash
     result, _ = run_train(tiny_config(logdir, epochs=3, run_name="base", resume=True,
                                       **CKPT_RUN))
     assert result.history["epoch"] == [1, 2, 3]
-    steps = proc_util.event_steps(logdir / "base" / "train", "epoch_loss")
+    steps = events.read(logdir / "base" / "train").steps("epoch_loss")
     assert sorted(steps) == [1, 2, 3]
 
 

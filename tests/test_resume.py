@@ -14,22 +14,19 @@ Real TensorFlow, no mocks. About 25 s on an idle 2-core CPU.
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tb_util  # noqa: E402  (also puts the repository root on sys.path)
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import harness.models  # noqa: E402,F401  (registers the custom layers for loading)
-from harness import data  # noqa: E402
-from harness.config import Config  # noqa: E402
-from harness.train import train  # noqa: E402
+import harness.models  # noqa: F401  (registers the custom layers for loading)
+from callbacks.events import read
+from harness import data
+from harness.config import Config
+from harness.train import train
 
 MODES = ("fit", "train_on_batch", "tape")
 LR = 3e-3  # large enough that the loss moves a lot between epochs (the test has teeth)
@@ -89,27 +86,27 @@ def test_history_file_is_continuous(pair):
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_tensorboard_steps_written_once(pair, split):
     straight, resumed, _ = pair
-    found = tb_util.epoch_scalars(resumed.run_dir, split)
-    reference = tb_util.epoch_scalars(straight.run_dir, split)
+    found = read(Path(resumed.run_dir) / split).scalars_named("epoch_")
+    reference = read(Path(straight.run_dir) / split).scalars_named("epoch_")
     assert set(found) == set(reference) and "epoch_loss" in found
     for tag, points in found.items():
         assert [step for step, _ in points] == list(range(1, 7)), tag  # in order, no repeats
     np.testing.assert_allclose([v for _, v in found["epoch_loss"]],
                                [v for _, v in reference["epoch_loss"]], atol=1e-4)
     if split == "train":
-        events = tb_util.load_events(Path(resumed.run_dir) / "train")
-        steps = [s for s, _ in tb_util.scalars(events, "batch_loss")]
+        events = read(Path(resumed.run_dir) / "train")
+        steps = [s for s, _ in events.scalars("batch_loss")]
         assert steps == list(range(EVERY, 6 * STEPS_PER_EPOCH + 1, EVERY))
-        assert len(events.Graph().node) > 0  # written once, by the first part
-        root = tb_util.load_events(resumed.run_dir)
-        for tag in root.Tags()["tensors"]:  # hparams and flags are not written twice
-            assert len(root.Tensors(tag)) == 1, tag
+        assert len(events.graph.node) > 0  # written once, by the first part
+        root = read(resumed.run_dir)
+        for tag in root.tensors:  # hparams and flags are not written twice
+            assert len(root.values(tag)) == 1, tag
 
 
 def test_halving_survives_the_resume(pair):
     straight, resumed, console = pair
     for result in (straight, resumed):
-        rates = tb_util.scalars(Path(result.run_dir) / "train", "epoch_learning_rate")
+        rates = read(Path(result.run_dir) / "train").scalars("epoch_learning_rate")
         np.testing.assert_allclose([v for _, v in rates], _rates(6), rtol=1e-6)
     announced = [line for line in console if re.search(r"learning rate", line, re.I)]
     assert len(announced) == 1 and re.search(r"Epoch 5\b", announced[0]), console

@@ -28,6 +28,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
 
+from callbacks.events import histogram_count, read  # noqa: E402
 from callbacks.lr_halving import LearningRateHalving  # noqa: E402
 from callbacks.summary import write_histogram  # noqa: E402
 from harness import models  # noqa: E402
@@ -104,7 +105,7 @@ def test_three_modes_write_the_same_tags(runs, weights):
         "validation": set(EPOCH_TAGS),
     }
     for split, tags in expected.items():
-        by_mode = {mode: tb_util.tensor_tags(_dirs(result, split))
+        by_mode = {mode: set(read(_dirs(result, split)).tensors)
                    for mode, (result, _) in runs.items()}
         for mode, found in by_mode.items():
             assert found == tags, (f"{mode} {split or 'root'}/: missing {tags - found}, "
@@ -115,7 +116,7 @@ def test_three_modes_agree_on_the_curves(runs):
     """Same seed, data and flags: the loops reproduce each other (DESIGN.md: ~1e-3)."""
     for split in ("train", "validation"):
         for tag in EPOCH_TAGS:
-            curves = {mode: [v for _, v in tb_util.scalars(_dirs(r, split), tag)]
+            curves = {mode: [v for _, v in read(_dirs(r, split)).scalars(tag)]
                       for mode, (r, _) in runs.items()}
             reference = curves["fit"]
             for mode, curve in curves.items():
@@ -130,8 +131,8 @@ def test_three_modes_agree_on_the_curves(runs):
 def test_epoch_scalars_in_train(runs, mode):
     result, _ = runs[mode]
     history = json.loads((Path(result.run_dir) / "history.json").read_text())
-    events = tb_util.load_events(_dirs(result, "train"))
-    got = {tag: tb_util.scalars(events, tag) for tag in (*EPOCH_TAGS, *TRAIN_ONLY_EPOCH_TAGS)}
+    events = read(_dirs(result, "train"))
+    got = {tag: events.scalars(tag) for tag in (*EPOCH_TAGS, *TRAIN_ONLY_EPOCH_TAGS)}
     for tag, points in got.items():
         assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
         assert all(math.isfinite(v) for _, v in points), (tag, points)
@@ -155,9 +156,9 @@ def test_validation_scalars_equal_history(runs, mode):
     result, _ = runs[mode]
     history = json.loads((Path(result.run_dir) / "history.json").read_text())
     assert history["epoch"] == list(range(1, EPOCHS + 1))
-    events = tb_util.load_events(_dirs(result, "validation"))
+    events = read(_dirs(result, "validation"))
     for tag in EPOCH_TAGS:
-        points = tb_util.scalars(events, tag)
+        points = events.scalars(tag)
         assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
         np.testing.assert_allclose([v for _, v in points], history["val_" + tag[len("epoch_"):]],
                                    rtol=1e-6, err_msg=tag)
@@ -169,10 +170,10 @@ def test_validation_scalars_equal_history(runs, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_batch_scalars_every_n_global_steps(runs, mode):
     result, _ = runs[mode]
-    events = tb_util.load_events(_dirs(result, "train"))
+    events = read(_dirs(result, "train"))
     expected_steps = list(range(EVERY, EPOCHS * STEPS_PER_EPOCH + 1, EVERY))
-    losses = tb_util.scalars(events, "batch_loss")
-    rates = tb_util.scalars(events, "batch_learning_rate")
+    losses = events.scalars("batch_loss")
+    rates = events.scalars("batch_learning_rate")
     assert [s for s, _ in losses] == expected_steps
     assert [s for s, _ in rates] == expected_steps
     assert all(math.isfinite(v) and v > 0 for _, v in losses)
@@ -183,7 +184,7 @@ def test_batch_scalars_every_n_global_steps(runs, mode):
     # batch_loss is the epoch's running mean: at an epoch's last step it is the epoch loss.
     last = EPOCHS * STEPS_PER_EPOCH
     assert last % EVERY == 0
-    epoch_loss = dict(tb_util.scalars(events, "epoch_loss"))[EPOCHS]
+    epoch_loss = dict(events.scalars("epoch_loss"))[EPOCHS]
     assert dict(losses)[last] == pytest.approx(epoch_loss, rel=1e-5)
 
 
@@ -193,21 +194,21 @@ def test_batch_scalars_every_n_global_steps(runs, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_weight_and_gradient_histograms(runs, weights, mode):
     result, _ = runs[mode]
-    events = tb_util.load_events(_dirs(result, "train"))
+    events = read(_dirs(result, "train"))
     for path, size in weights.items():
         for tag in (path, f"{path}/gradient"):
-            points = tb_util.values(events, tag)
+            points = events.values(tag)
             assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), tag
             for _, histogram in points:
                 assert histogram.ndim == 2 and histogram.shape[1] == 3, tag
-                assert tb_util.histogram_counts(histogram) == size, tag
+                assert histogram_count(histogram) == size, tag
         # A gradient histogram with some non-zero values (not all buckets at 0).
-        for step, gradient in tb_util.values(events, f"{path}/gradient"):
+        for step, gradient in events.values(f"{path}/gradient"):
             used = gradient[gradient[:, 2] > 0]
             assert np.abs(used[:, :2]).max() > 0, f"{path}/gradient is all zero at {step}"
     # Training changed the weights between the first and the last histogram.
     kernel = next(path for path in weights if path.endswith("head/kernel"))
-    first, last = tb_util.values(events, kernel)[0][1], tb_util.values(events, kernel)[-1][1]
+    first, last = events.values(kernel)[0][1], events.values(kernel)[-1][1]
     assert not np.array_equal(first, last)
 
 
@@ -225,12 +226,12 @@ def test_histograms_are_what_tf_summary_histogram_writes(tmp_path, name, data):
         tf.summary.histogram(name, data)
     with tf.summary.create_file_writer(str(tmp_path / "ours")).as_default(step=4):
         write_histogram(name, data)
-    expected, ours = (tb_util.load_events(tmp_path / kind) for kind in ("tf", "ours"))
-    assert ours.Tags()["tensors"] == expected.Tags()["tensors"] == [name]
-    assert (ours.SummaryMetadata(name).plugin_data.plugin_name
-            == expected.SummaryMetadata(name).plugin_data.plugin_name == "histograms")
-    (step, buckets), = tb_util.values(ours, name)
-    (expected_step, expected_buckets), = tb_util.values(expected, name)
+    expected, ours = (read(tmp_path / kind) for kind in ("tf", "ours"))
+    assert list(ours.tensors) == list(expected.tensors) == [name]
+    assert (ours.metadata[name].plugin_data.plugin_name
+            == expected.metadata[name].plugin_data.plugin_name == "histograms")
+    (step, buckets), = ours.values(name)
+    (expected_step, expected_buckets), = expected.values(name)
     assert step == expected_step == 4
     np.testing.assert_allclose(buckets, expected_buckets, rtol=1e-12)
 
@@ -238,8 +239,8 @@ def test_histograms_are_what_tf_summary_histogram_writes(tmp_path, name, data):
 def test_histograms_leave_out_non_finite_values(tmp_path):
     with tf.summary.create_file_writer(str(tmp_path)).as_default(step=1):
         write_histogram("w", np.array([1.0, np.nan, 2.0, np.inf, 3.0], np.float32))
-    (_, buckets), = tb_util.values(tb_util.load_events(tmp_path), "w")
-    assert tb_util.histogram_counts(buckets) == 3
+    (_, buckets), = read(tmp_path).values("w")
+    assert histogram_count(buckets) == 3
     assert (buckets[0, 0], buckets[-1, 1]) == (1.0, 3.0)
 
 
@@ -249,7 +250,7 @@ def test_histograms_leave_out_non_finite_values(tmp_path):
 def test_graph_of_the_train_step_in_every_mode(runs):
     op_types = {}
     for mode, (result, _) in runs.items():
-        graph = tb_util.load_events(_dirs(result, "train")).Graph()
+        graph = read(_dirs(result, "train")).graph
         assert len(graph.node) > 100, (mode, len(graph.node))
         op_types[mode] = {node.op for node in graph.node}
         # forward, loss, backward and the optimizer's update are all in it
@@ -257,17 +258,17 @@ def test_graph_of_the_train_step_in_every_mode(runs):
                    "AssignSubVariableOp"):
             assert op in op_types[mode], (mode, op)
         for split in ("", "validation"):
-            assert not tb_util.load_events(_dirs(result, split)).Tags()["graph"], (mode, split)
+            assert read(_dirs(result, split)).graph is None, (mode, split)
     assert op_types["fit"] == op_types["train_on_batch"] == op_types["tape"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_hparams_session_in_the_root_run(runs, mode):
     result, _ = runs[mode]
-    events = tb_util.load_events(_dirs(result, ""))
+    events = read(_dirs(result, ""))
     tag = hparams_metadata.SESSION_START_INFO_TAG
-    assert tag in events.Tags()["tensors"]
-    content = events.SummaryMetadata(tag).plugin_data
+    assert tag in events.tensors
+    content = events.metadata[tag].plugin_data
     assert content.plugin_name == hparams_metadata.PLUGIN_NAME
     info = hparams_metadata.parse_session_start_info_plugin_data(content.content)
     hparams = {name: getattr(value, value.WhichOneof("kind"))
@@ -285,9 +286,9 @@ def test_hparams_session_in_the_root_run(runs, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_flags_text_summary(runs, mode):
     result, _ = runs[mode]
-    events = tb_util.load_events(_dirs(result, ""))
-    assert events.SummaryMetadata("flags").plugin_data.plugin_name == "text"
-    [(step, text)] = tb_util.values(events, "flags")
+    events = read(_dirs(result, ""))
+    assert events.metadata["flags"].plugin_data.plugin_name == "text"
+    [(step, text)] = events.values("flags")
     text = text.item().decode()
     assert f"| mode | '{mode}' |" in text
     assert "| summary_every_steps | 3 |" in text
@@ -301,7 +302,7 @@ def test_flags_text_summary(runs, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_learning_rate_halved_at_epoch_2(runs, mode):
     result, console = runs[mode]
-    rates = tb_util.scalars(_dirs(result, "train"), "epoch_learning_rate")
+    rates = read(_dirs(result, "train")).scalars("epoch_learning_rate")
     assert [s for s, _ in rates] == [1, 2, 3]
     np.testing.assert_allclose([v for _, v in rates], [LR, LR / 2, LR / 2], rtol=1e-6)
     announced = [line for line in console if re.search(r"learning rate", line, re.I)
@@ -348,7 +349,7 @@ def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
     models.build("sequential", (MAX_LEN,), 46, Config().num_words)  # an earlier model
     result = train(_config(tmp_path, "tape", epochs=1, summary_every_steps=0),
                    print_fn=lambda s: None)
-    histograms = {tag for tag in tb_util.tensor_tags(_dirs(result, "train"))
+    histograms = {tag for tag in set(read(_dirs(result, "train")).tensors)
                   if not tag.startswith(("epoch_", "batch_"))}
     assert histograms == {*weights, *(f"{path}/gradient" for path in weights)}
 
@@ -376,7 +377,7 @@ def test_compare_modes_script(tmp_path):
     for row in rows:
         [float(cell) for cell in row[1:4]]  # numbers, read back from the event files
     # the loss values printed are those in the event files
-    fit_train_loss = tb_util.scalars(logdir / "fit" / "train", "epoch_loss")
+    fit_train_loss = read(logdir / "fit" / "train").scalars("epoch_loss")
     assert f"{fit_train_loss[-1][1]:.6f}" in out
     match = re.search(r"max relative difference of loss between modes:\s*([0-9.eE+-]+)", out)
     assert match, out

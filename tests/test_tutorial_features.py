@@ -7,8 +7,7 @@ configs); the entrypoint runs as a subprocess only where its exit status and
 stderr are the contract, and the exported SavedModels are loaded in a fresh
 Python process that never imports the harness or Keras's saving code.
 
-TensorBoard: TF2 writes scalars as tensor summaries, so the event files are read
-with `EventAccumulator(...).Tags()["tensors"]` and `tf.make_ndarray`.
+TensorBoard: the event files are read with `callbacks.events`.
 """
 
 import json
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from callbacks import events
 from harness import devices, multi_io, task
 from harness.config import MODES, Config, parse_loss_weights
 from harness.errors import UsageError
@@ -46,18 +45,10 @@ cpu_only = pytest.mark.skipif(not _no_gpu(), reason="this machine has a GPU")
 # --- Helpers ----------------------------------------------------------------------------
 
 
-def epoch_scalars(directory) -> dict:
-    """{tag: [(step, value), ...]} of every `epoch_*` tensor summary in `directory`."""
-    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    return {tag: [(event.step, float(tf.make_ndarray(event.tensor_proto)))
-                  for event in accumulator.Tensors(tag)]
-            for tag in accumulator.Tags()["tensors"] if tag.startswith("epoch_")}
-
-
 def tensorboard(run_dir) -> dict:
-    """{"train": epoch scalars, "validation": epoch scalars} of a run."""
-    return {split: epoch_scalars(Path(run_dir) / split) for split in ("train", "validation")}
+    """{"train": {tag: [(step, value), ...]}, "validation": ...} of a run's epoch scalars."""
+    return {split: events.read(Path(run_dir) / split).scalars_named("epoch_")
+            for split in ("train", "validation")}
 
 
 def check_logged(result, lines, keys, epochs, load_json) -> None:
