@@ -1,11 +1,10 @@
 """The best model so far, saved as a `.keras` file that is never half-written."""
 
 import math
-from typing import Optional
 
 import keras
 
-from callbacks import files
+from . import files
 
 
 class BestModel(keras.callbacks.Callback):
@@ -22,8 +21,9 @@ class BestModel(keras.callbacks.Callback):
         best: the value to beat (e.g. the best before a resume); None = any.
     """
 
-    def __init__(self, path: str, monitor: str, higher_is_better: bool,
-                 best: Optional[float] = None) -> None:
+    def __init__(
+        self, path: str, monitor: str, higher_is_better: bool, best: float | None = None
+    ) -> None:
         super().__init__()
         if not path.endswith(".keras"):
             raise ValueError(f"the best model's path must end in .keras, got {path!r}")

@@ -9,20 +9,24 @@ order is a function of the step, that is everything an exact resume needs.
 import contextlib
 import errno
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 from google.protobuf import text_format
 
-from callbacks import files
-from callbacks.base import StepCallback, ends_epoch
-from callbacks.guards import NonFinite
+from . import files
+from .base import StepCallback, ends_epoch
+from .guards import NonFinite
 
 
-def make_manager(model: keras.Model, directory: str, keep: int,
-                 warn: Callable[[str], None] = print,
-                 extra: Optional[dict] = None) -> tf.train.CheckpointManager:
+def make_manager(
+    model: keras.Model,
+    directory: str,
+    keep: int,
+    warn: Callable[[str], None] = print,
+    extra: dict | None = None,
+) -> tf.train.CheckpointManager:
     """A manager over the model, its (built) optimizer and the `extra` trackables
     (e.g. the epoch's running metrics, `epoch_state.EpochMetricsState.saved`).
 
@@ -35,21 +39,25 @@ def make_manager(model: keras.Model, directory: str, keep: int,
         return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
     except (ValueError, tf.errors.OpError, text_format.ParseError) as error:
         prefixes = _checkpoints_on_disk(directory)
-        warn(f"warning: the checkpoint index {os.path.join(directory, 'checkpoint')} is "
-             f"damaged ({type(error).__name__}); rebuilt from the {len(prefixes)} "
-             "checkpoints on disk")
+        warn(
+            f"warning: the checkpoint index {os.path.join(directory, 'checkpoint')} is "
+            f"damaged ({type(error).__name__}); rebuilt from the {len(prefixes)} "
+            "checkpoints on disk"
+        )
         index = os.path.join(directory, "checkpoint")
         with files.write_errors(index):
             if prefixes:
-                tf.compat.v1.train.update_checkpoint_state(directory, prefixes[-1],
-                                                           all_model_checkpoint_paths=prefixes)
+                tf.compat.v1.train.update_checkpoint_state(
+                    directory, prefixes[-1], all_model_checkpoint_paths=prefixes
+                )
             else:
                 os.remove(index)
         return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=keep)
 
 
-def restore_latest(manager: tf.train.CheckpointManager,
-                   warn: Callable[[str], None] = print) -> Optional[str]:
+def restore_latest(
+    manager: tf.train.CheckpointManager, warn: Callable[[str], None] = print
+) -> str | None:
     """Restores the newest checkpoint that reads back whole.
 
     A checkpoint that is cut short or corrupt is skipped with a warning and
@@ -61,8 +69,10 @@ def restore_latest(manager: tf.train.CheckpointManager,
             manager.checkpoint.restore(path).assert_existing_objects_matched()
             return path
         except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
-            warn(f"warning: checkpoint {path} is unreadable ({type(error).__name__}); "
-                 "trying the one before it")
+            warn(
+                f"warning: checkpoint {path} is unreadable ({type(error).__name__}); "
+                "trying the one before it"
+            )
     return None
 
 
@@ -75,15 +85,17 @@ def checkpoint_prefixes(manager: tf.train.CheckpointManager) -> list:
 def _checkpoints_on_disk(directory: str) -> list:
     """The checkpoints in `directory` by their files, oldest first, for when the
     manager's index file (`checkpoint`) is missing or damaged."""
-    prefixes = [path[:-len(".index")] for path in tf.io.gfile.glob(
-        os.path.join(directory, "ckpt-*.index"))]
+    prefixes = [
+        path[: -len(".index")] for path in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))
+    ]
     return sorted(prefixes, key=lambda prefix: int(prefix.rsplit("-", 1)[1]))
 
 
 def all_finite(variables) -> bool:
     """Whether every floating-point value in `variables` is finite."""
-    checks = [tf.reduce_all(tf.math.is_finite(v)) for v in variables
-              if tf.as_dtype(v.dtype).is_floating]
+    checks = [
+        tf.reduce_all(tf.math.is_finite(v)) for v in variables if tf.as_dtype(v.dtype).is_floating
+    ]
     return bool(tf.reduce_all(checks)) if checks else True
 
 
@@ -103,9 +115,13 @@ class Checkpointing(StepCallback):
     still finite).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int = 0,
-                 steps_per_epoch: int = 0,
-                 before_save: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        manager: tf.train.CheckpointManager,
+        every_steps: int = 0,
+        steps_per_epoch: int = 0,
+        before_save: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__()
         self.manager = manager
         self.every_steps = every_steps
@@ -136,13 +152,13 @@ class Checkpointing(StepCallback):
         """TensorFlow would quietly create a deleted checkpoint folder (and run
         directory) again; after the first save, a missing folder is an error."""
         if self._last_saved >= 0 and not os.path.isdir(self.manager.directory):
-            raise FileNotFoundError(errno.ENOENT, "the folder was deleted",
-                                    self.manager.directory)
+            raise FileNotFoundError(errno.ENOENT, "the folder was deleted", self.manager.directory)
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         super().on_train_batch_end(batch, logs)
-        if self.crossed(self.every_steps) and not ends_epoch(self.global_step,
-                                                             self.steps_per_epoch):
+        if self.crossed(self.every_steps) and not ends_epoch(
+            self.global_step, self.steps_per_epoch
+        ):
             self.save()
 
     def on_epoch_end(self, epoch, logs=None) -> None:

@@ -12,7 +12,8 @@ loop's loss mean, the `train_on_batch` loop's running sums): the loop attaches
 a `MetricState` that reads and writes it.
 """
 
-from typing import Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -41,15 +42,18 @@ class VariablesState:
         self.variables = variables
 
     def get_state(self) -> np.ndarray:
-        return np.concatenate([np.ravel(v.numpy()).astype(np.float64)
-                               for v in self.variables()] or [np.zeros(0)])
+        return np.concatenate(
+            [np.ravel(v.numpy()).astype(np.float64) for v in self.variables()] or [np.zeros(0)]
+        )
 
     def set_state(self, values: np.ndarray) -> None:
         variables = self.variables()
         sizes = [int(np.prod(v.shape)) for v in variables]
         if len(values) != sum(sizes):
-            raise ValueError(f"the checkpoint's metric state has {len(values)} values, "
-                             f"the model's metrics {sum(sizes)}")
+            raise ValueError(
+                f"the checkpoint's metric state has {len(values)} values, "
+                f"the model's metrics {sum(sizes)}"
+            )
         for variable, part in zip(variables, np.split(values, np.cumsum(sizes)[:-1])):
             variable.assign(np.reshape(part, variable.shape).astype(variable.dtype))
 
@@ -65,10 +69,15 @@ class EpochMetricsState(keras.callbacks.Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.saved = tf.Variable(np.zeros(0), shape=tf.TensorShape([None]), dtype=tf.float64,
-                                 trainable=False, name="epoch_metrics")
-        self.state: Optional[MetricState] = None
-        self._resume_epoch: Optional[int] = None
+        self.saved = tf.Variable(
+            np.zeros(0),
+            shape=tf.TensorShape([None]),
+            dtype=tf.float64,
+            trainable=False,
+            name="epoch_metrics",
+        )
+        self.state: MetricState | None = None
+        self._resume_epoch: int | None = None
 
     def attach(self, state: MetricState) -> None:
         """The loop's metrics, read at each save and written when resuming."""

@@ -20,14 +20,13 @@ import glob
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Optional
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, graph_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.util import tensor_util
 
-from callbacks import files
+from . import files
 
 PATTERN = "events.out.tfevents.*"
 _LENGTH = struct.Struct("<Q")
@@ -53,12 +52,17 @@ def read_records(path: str) -> tuple:
 
 def write_records(path: str, records: Iterable[bytes]) -> None:
     """Replaces `path` with `records`, atomically (see `files.atomic_write`)."""
+
     def write(temporary: str) -> None:
         with open(temporary, "wb") as f:
             for record in records:
                 length = _LENGTH.pack(len(record))
-                f.write(length + _CRC.pack(masked_crc32c(length)) + record
-                        + _CRC.pack(masked_crc32c(record)))
+                f.write(
+                    length
+                    + _CRC.pack(masked_crc32c(length))
+                    + record
+                    + _CRC.pack(masked_crc32c(record))
+                )
 
     files.atomic_write(path, write)
 
@@ -85,7 +89,7 @@ def _scan(content: bytes, *, stop_at_partial: bool) -> tuple:
     return records, damaged, position
 
 
-def _record_at(content: bytes, position: int) -> Optional[bytes]:
+def _record_at(content: bytes, position: int) -> bytes | None:
     """The data of the intact record starting at `position`, or None."""
     length = _length_at(content, position)
     if length is None:
@@ -93,16 +97,16 @@ def _record_at(content: bytes, position: int) -> Optional[bytes]:
     end = position + _HEADER + length
     if end + _FOOTER > len(content):
         return None
-    record = content[position + _HEADER:end]
+    record = content[position + _HEADER : end]
     (data_crc,) = _CRC.unpack_from(content, end)
     return record if masked_crc32c(record) == data_crc else None
 
 
-def _length_at(content: bytes, position: int) -> Optional[int]:
+def _length_at(content: bytes, position: int) -> int | None:
     """The data length of a record whose header at `position` is intact, or None."""
     if position + _HEADER > len(content):
         return None
-    length_bytes = content[position:position + _LENGTH.size]
+    length_bytes = content[position : position + _LENGTH.size]
     (length_crc,) = _CRC.unpack_from(content, position + _LENGTH.size)
     return _LENGTH.unpack(length_bytes)[0] if masked_crc32c(length_bytes) == length_crc else None
 
@@ -139,7 +143,7 @@ class Summaries:
 
     tensors: dict = dataclasses.field(default_factory=dict)  # {tag: [(step, ndarray), ...]}
     metadata: dict = dataclasses.field(default_factory=dict)  # {tag: SummaryMetadata}
-    graph: Optional[graph_pb2.GraphDef] = None
+    graph: graph_pb2.GraphDef | None = None
 
     def values(self, tag: str) -> list:
         """[(step, ndarray), ...] of one tag in file order, duplicates kept."""
@@ -155,8 +159,9 @@ class Summaries:
 
     def histograms(self, tag: str) -> list:
         """[(step, rows of [left edge, right edge, count]), ...] of one histogram tag."""
-        return [(step, np.asarray(value, np.float64).reshape(-1, 3))
-                for step, value in self.values(tag)]
+        return [
+            (step, np.asarray(value, np.float64).reshape(-1, 3)) for step, value in self.values(tag)
+        ]
 
     def steps(self, tag: str) -> list:
         """The steps of one tag in file order, a step written twice seen twice."""
@@ -176,7 +181,8 @@ def read(folder: str) -> Summaries:
         for value in event.summary.value:
             if value.HasField("tensor"):
                 found.tensors.setdefault(value.tag, []).append(
-                    (event.step, tensor_util.make_ndarray(value.tensor)))
+                    (event.step, tensor_util.make_ndarray(value.tensor))
+                )
                 if value.HasField("metadata"):
                     found.metadata.setdefault(value.tag, value.metadata)
     return found
@@ -238,9 +244,11 @@ def purge_after(run_dir: str, global_step: int, epochs_done: int) -> tuple:
     for folder in ("", "train", "validation"):
         for path in event_files(os.path.join(run_dir, folder)):
             records, damaged = read_records(path)
-            kept = [record for record in records
-                    if not _is_orphan(event_pb2.Event.FromString(record), global_step,
-                                      epochs_done)]
+            kept = [
+                record
+                for record in records
+                if not _is_orphan(event_pb2.Event.FromString(record), global_step, epochs_done)
+            ]
             if damaged or len(kept) < len(records):
                 write_records(path, kept)
                 dropped += len(records) - len(kept)

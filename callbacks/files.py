@@ -55,8 +55,9 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
     folder, name = os.path.split(path)
     temporary = None
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=folder or ".",
-                                             suffix=TEMPORARY_SUFFIX + suffix)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{name}.", dir=folder or ".", suffix=TEMPORARY_SUFFIX + suffix
+        )
         os.close(handle)
         os.chmod(temporary, 0o644)
         with write_errors(path):
@@ -73,6 +74,7 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
 
 def write_text(path: str, text: str) -> None:
     """Writes `text` to `path` atomically (see `atomic_write`)."""
+
     def write(temporary: str) -> None:
         with open(temporary, "w") as f:
             f.write(text)

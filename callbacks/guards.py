@@ -8,9 +8,9 @@ written with NaN weights or for a half-finished step.
 import math
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
-from callbacks.base import StepCallback, ends_epoch
+from .base import StepCallback, ends_epoch
 
 
 class NonFinite(RuntimeError):
@@ -67,8 +67,12 @@ class StopOnSignal(StepCallback):
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, on_stop: Callable[[], None] = lambda: None, steps_per_epoch: int = 0,
-                 end_step: int = 0) -> None:
+    def __init__(
+        self,
+        on_stop: Callable[[], None] = lambda: None,
+        steps_per_epoch: int = 0,
+        end_step: int = 0,
+    ) -> None:
         super().__init__()
         self.on_stop = on_stop
         self.steps_per_epoch = steps_per_epoch

@@ -9,7 +9,7 @@ import os
 
 import keras
 
-from callbacks import files
+from . import files
 
 
 class HistoryFile(keras.callbacks.Callback):

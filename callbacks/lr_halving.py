@@ -5,7 +5,7 @@ already reached, and *set* (not multiplied) at every epoch start, so a resumed
 run lands on exactly the rate an uninterrupted run would have.
 """
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 
@@ -20,8 +20,13 @@ class LearningRateHalving(keras.callbacks.Callback):
         print_fn: where the change is announced.
     """
 
-    def __init__(self, initial_rate: float, epochs: Sequence[int], factor: float = 0.5,
-                 print_fn: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        initial_rate: float,
+        epochs: Sequence[int],
+        factor: float = 0.5,
+        print_fn: Callable[[str], None] = print,
+    ) -> None:
         super().__init__()
         self.initial_rate = initial_rate
         self.epochs = sorted(set(epochs))
@@ -31,7 +36,7 @@ class LearningRateHalving(keras.callbacks.Callback):
     def rate_for(self, epoch: int) -> float:
         """The learning rate of 0-based `epoch`."""
         reached = sum(1 for e in self.epochs if e <= epoch + 1)
-        return self.initial_rate * self.factor ** reached
+        return self.initial_rate * self.factor**reached
 
     @staticmethod
     def check(optimizer: keras.optimizers.Optimizer) -> None:
@@ -43,7 +48,8 @@ class LearningRateHalving(keras.callbacks.Callback):
             raise ValueError(
                 f"learning-rate halving needs a plain learning rate, but the optimizer "
                 f"uses a schedule ({type(rate).__name__}); remove the schedule or "
-                "disable halving with an empty --lr_halve_epochs")
+                "disable halving with an empty --lr_halve_epochs"
+            )
 
     def on_train_begin(self, logs=None) -> None:
         self.check(self.model.optimizer)

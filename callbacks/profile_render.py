@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from callbacks.profile_xprof import KernelRow, OpRow, ProfileTables, StepRow
+from .profile_xprof import KernelRow, OpRow, ProfileTables, StepRow
 
 _NO_KERNELS_CPU = "no GPU kernels traced (CPU-only capture)"
 _NO_KERNELS = "no GPU kernels traced"
@@ -24,7 +24,15 @@ _KERNEL_NAME_WIDTH = 110
 _STEP_HEADERS = ("step", "step ms", "compute ms", "input ms", "other ms")
 _OP_HEADERS = ("side", "type", "name", "count", "self us", "avg self us", "share")
 _KERNEL_HEADERS = (
-    "kernel", "count", "total us", "avg us", "grid", "block", "TC used", "TC eligible", "TF op"
+    "kernel",
+    "count",
+    "total us",
+    "avg us",
+    "grid",
+    "block",
+    "TC used",
+    "TC eligible",
+    "TF op",
 )
 
 
@@ -155,15 +163,16 @@ def _kernel_cells(kernel: KernelRow, *, shorten: bool) -> tuple[str, ...]:
 def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Aligns cells into columns: text left-aligned, numbers right-aligned."""
     widths = [max(len(cell) for cell in column) for column in zip(headers, *rows)]
-    numeric = [
-        bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(headers))
-    ]
+    numeric = [bool(rows) and all(_is_number(row[i]) for row in rows) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  " + "  ".join(
-            cell.rjust(width) if is_num else cell.ljust(width)
-            for cell, width, is_num in zip(cells, widths, numeric)
-        ).rstrip()
+        return (
+            "  "
+            + "  ".join(
+                cell.rjust(width) if is_num else cell.ljust(width)
+                for cell, width, is_num in zip(cells, widths, numeric)
+            ).rstrip()
+        )
 
     return [line(headers)] + [line(row) for row in rows]
 

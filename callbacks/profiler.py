@@ -41,9 +41,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from callbacks import profile_render, profile_xprof
-from callbacks.base import StepCallback
-from callbacks.profile_windows import Window, validate_windows
+from . import profile_render, profile_xprof
+from .base import StepCallback
+from .profile_windows import Window, validate_windows
 
 # xprof drops the first and last step of a capture with more steps than this.
 XPROF_KEEPS_ALL_STEPS_UP_TO = 5
@@ -118,13 +118,17 @@ def start_profiler_server(port: int, *, print_fn: Callable[[str], None] = print)
         raise ValueError(f"profiler port must be an int in 1..65535, got {port!r}")
     error = _bind_error(port)
     if error is not None:
-        print_fn(f"WARNING: profiler server not started: port {port} is in use "
-                 f"({error.strerror or error}); training continues without it.")
+        print_fn(
+            f"WARNING: profiler server not started: port {port} is in use "
+            f"({error.strerror or error}); training continues without it."
+        )
         return False
     tf.profiler.experimental.server.start(port)
-    print_fn(f"harness: profiler server on port {port}, listening on ALL network interfaces "
-             "with no authentication; in TensorBoard's Profile tab use Capture profile with "
-             f"localhost:{port}")
+    print_fn(
+        f"harness: profiler server on port {port}, listening on ALL network interfaces "
+        "with no authentication; in TensorBoard's Profile tab use Capture profile with "
+        f"localhost:{port}"
+    )
     return True
 
 
@@ -206,10 +210,15 @@ class ProfilerCallback(StepCallback):
         last = self._last_step = epochs * steps
         for window in self.windows:
             if window[1] > last:
-                captured = ("it is never captured" if window[0] > last
-                            else f"only steps {window[0]}-{last} are captured")
-                self._print(f"WARNING: ProfilerCallback: profile window {_span(window)} ends "
-                            f"after the run's last step {last}; {captured}.")
+                captured = (
+                    "it is never captured"
+                    if window[0] > last
+                    else f"only steps {window[0]}-{last} are captured"
+                )
+                self._print(
+                    f"WARNING: ProfilerCallback: profile window {_span(window)} ends "
+                    f"after the run's last step {last}; {captured}."
+                )
 
     def on_train_batch_begin(self, batch, logs=None) -> None:
         super().on_train_batch_begin(batch, logs)
@@ -305,8 +314,10 @@ class ProfilerCallback(StepCallback):
 
     def _warn(self, what: str, error: Exception) -> None:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        self._print(f"WARNING: ProfilerCallback: {what} ({type(error).__name__}: {reason}); "
-                    "training continues.")
+        self._print(
+            f"WARNING: ProfilerCallback: {what} ({type(error).__name__}: {reason}); "
+            "training continues."
+        )
 
 
 def _padding_step(step: int) -> None:

@@ -22,19 +22,19 @@ TensorBoard callback writes only inside `fit` — and more — identically for
 
 import os
 import time
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.hparams import api as hparams_api
 
-from callbacks.base import StepCallback
+from .base import StepCallback
 
 TRAIN, VALIDATION = "train", "validation"
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
-_HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(display_name=None,
-                                                                 description=None)
+_HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
+    display_name=None, description=None
+)
 
 
 class TensorBoardSummaries(StepCallback):
@@ -52,9 +52,17 @@ class TensorBoardSummaries(StepCallback):
         flags: every option of the run, written once as a text table.
     """
 
-    def __init__(self, run_dir: str, *, probe_batch: tuple, batch_size: int,
-                 every_steps: int = 100, histogram_freq: int = 1,
-                 hparams: Optional[dict] = None, flags: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        probe_batch: tuple,
+        batch_size: int,
+        every_steps: int = 100,
+        histogram_freq: int = 1,
+        hparams: dict | None = None,
+        flags: dict | None = None,
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.probe_batch = probe_batch
@@ -71,8 +79,7 @@ class TensorBoardSummaries(StepCallback):
     def writer(self, name: str) -> tf.summary.SummaryWriter:
         """The writer for `train`, `validation` or '' (the run directory)."""
         if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(
-                os.path.join(self.run_dir, name))
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.run_dir, name))
         return self._writers[name]
 
     def on_train_begin(self, logs=None) -> None:
@@ -205,11 +212,9 @@ def histogram_buckets(values: np.ndarray, bucket_count: int = HISTOGRAM_BUCKETS)
     if low == high:
         counts = np.zeros(bucket_count)
         counts[-1] = data.size
-        return np.stack([np.full(bucket_count, high), np.full(bucket_count, high), counts],
-                        axis=1)
+        return np.stack([np.full(bucket_count, high), np.full(bucket_count, high), counts], axis=1)
     indices = np.floor((data - low) / ((high - low) / bucket_count)).astype(np.int64)
     counts = np.bincount(np.minimum(indices, bucket_count - 1), minlength=bucket_count)
     edges = np.linspace(low, high, bucket_count + 1)
     edges[-1] = high
     return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
-

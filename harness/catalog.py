@@ -7,7 +7,6 @@ TensorFlow loads (`data.py` checks --data_dir again where it reads the file).
 """
 
 import os
-from typing import Optional
 
 from harness.errors import UsageError
 
@@ -21,11 +20,13 @@ MIN_MAX_LEN = {"sequential": 12, "functional": 55, "subclass": 4}
 def data_file_hint(dataset: str) -> str:
     """How to get the data file of `dataset` onto an offline machine."""
     file_name = DATA_FILES[dataset]
-    return (f"download {file_name} once (keras.datasets.{dataset}.load_data() on a machine "
-            f"with internet) and pass --data_dir=<folder holding {file_name}>")
+    return (
+        f"download {file_name} once (keras.datasets.{dataset}.load_data() on a machine "
+        f"with internet) and pass --data_dir=<folder holding {file_name}>"
+    )
 
 
-def check_data_dir(dataset: str, data_dir: Optional[str]) -> None:
+def check_data_dir(dataset: str, data_dir: str | None) -> None:
     """Raises UsageError if --data_dir is given but does not hold the dataset's file."""
     if data_dir is None:
         return
@@ -33,13 +34,14 @@ def check_data_dir(dataset: str, data_dir: Optional[str]) -> None:
     if not os.path.isdir(data_dir):
         raise UsageError(f"--data_dir={data_dir!r} is not a folder: {data_file_hint(dataset)}")
     if not os.path.isfile(os.path.join(data_dir, file_name)):
-        raise UsageError(f"--data_dir={data_dir!r} holds no {file_name}: "
-                         f"{data_file_hint(dataset)}")
+        raise UsageError(f"--data_dir={data_dir!r} holds no {file_name}: {data_file_hint(dataset)}")
 
 
 def check_max_len(model: str, max_len: int) -> None:
     """Raises UsageError if the built-in `model` cannot take sequences of `max_len`."""
     if max_len < MIN_MAX_LEN.get(model, 1):
-        raise UsageError(f"--max_len={max_len} is not allowed with --model={model}: it must "
-                         f"be at least {MIN_MAX_LEN[model]} for that model's convolutions "
-                         "and poolings")
+        raise UsageError(
+            f"--max_len={max_len} is not allowed with --model={model}: it must "
+            f"be at least {MIN_MAX_LEN[model]} for that model's convolutions "
+            "and poolings"
+        )

@@ -11,13 +11,22 @@ Importing this module does not import TensorFlow.
 import dataclasses
 import math
 import re
-from typing import Optional
 
-from callbacks.profile_windows import parse_profile_steps, validate_windows
 from harness import catalog, loops
+from harness.callbacks.profile_windows import parse_profile_steps, validate_windows
 from harness.errors import UsageError
-from harness.options import (at_least, check_field, csv, non_negative, off_or_positive, option,
-                             parse_int_list, parse_name_list, positive, threads)
+from harness.options import (
+    at_least,
+    check_field,
+    csv,
+    non_negative,
+    off_or_positive,
+    option,
+    parse_int_list,
+    parse_name_list,
+    positive,
+    threads,
+)
 
 MODES = loops.MODES
 BUILTIN_MODELS = ("sequential", "functional", "subclass", "multi_io")
@@ -30,14 +39,20 @@ _RUN_NAME = re.compile(r"^[\w.\-]+$")
 NAME_MAX = 255  # bytes in one file name, on every common file system
 # The README's tables, in order (see flags_doc.py).
 WHAT, HOW, WHERE, PROFILING, DEVICES = GROUPS = (
-    "What to train", "How to train", "Where it goes and what is written", "Profiling",
-    "Devices and scale")
+    "What to train",
+    "How to train",
+    "Where it goes and what is written",
+    "Profiling",
+    "Devices and scale",
+)
 
 
 def _check_model(name: str, value: str) -> None:
     if value not in BUILTIN_MODELS and not _IMPORT_PATH.match(value):
-        raise UsageError(f"--{name}={value!r} is not allowed: use one of "
-                         f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'")
+        raise UsageError(
+            f"--{name}={value!r} is not allowed: use one of "
+            f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'"
+        )
 
 
 def _check_run_name(flag: str, name: str) -> None:
@@ -59,14 +74,17 @@ def _check_run_name(flag: str, name: str) -> None:
 
 def _check_verbose(name: str, value: int) -> None:
     if value > 2:
-        raise UsageError(f"--{name}={value} is not allowed: use 0 (quiet), 1 (progress bar) "
-                         "or 2 (one line per epoch)")
+        raise UsageError(
+            f"--{name}={value} is not allowed: use 0 (quiet), 1 (progress bar) "
+            "or 2 (one line per epoch)"
+        )
 
 
 def _check_epochs(name: str, epochs: tuple) -> None:
     if any(epoch < 1 for epoch in epochs):
-        raise UsageError(f"--{name}={csv(epochs)} is not allowed: epochs are 1-based "
-                         "positive numbers")
+        raise UsageError(
+            f"--{name}={csv(epochs)} is not allowed: epochs are 1-based positive numbers"
+        )
 
 
 def _check_gpus(name: str, indices: tuple) -> None:
@@ -86,11 +104,14 @@ def _check_loss_weights(name: str, weights: tuple) -> None:
     outputs = " and ".join(MULTI_IO_OUTPUTS)
     for output, value in weights:
         if output not in MULTI_IO_OUTPUTS or not math.isfinite(value) or value < 0:
-            raise UsageError(f"--{name}: {output}={value} is not allowed: the outputs are "
-                             f"{outputs}, weights are finite and >= 0")
+            raise UsageError(
+                f"--{name}: {output}={value} is not allowed: the outputs are "
+                f"{outputs}, weights are finite and >= 0"
+            )
         if names.count(output) > 1:
-            raise UsageError(f"--{name}: {output} is given twice; give each of {outputs} "
-                             "at most once")
+            raise UsageError(
+                f"--{name}: {output} is given twice; give each of {outputs} at most once"
+            )
 
 
 def parse_windows(text: str) -> tuple:
@@ -109,8 +130,10 @@ def parse_loss_weights(text: str) -> tuple:
         try:
             weights.append((name.strip(), float(value)))
         except ValueError:
-            raise UsageError(f"--loss_weights={text!r} is not allowed: give output=weight "
-                             "pairs, e.g. priority=1.0,department=0.2") from None
+            raise UsageError(
+                f"--loss_weights={text!r} is not allowed: give output=weight "
+                "pairs, e.g. priority=1.0,department=0.2"
+            ) from None
     _check_loss_weights("loss_weights", tuple(weights))
     return tuple(weights)
 
@@ -121,122 +144,233 @@ class Config:
 
     mode: str = option("fit", "Training loop: {choices}", group=WHAT, choices=MODES)
     model: str = option(
-        "sequential", f"Model: {' | '.join(BUILTIN_MODELS)} | package.module:function (a "
-        "builder (input_shape, num_classes) -> keras.Model)", group=WHAT,
-        checks=(_check_model,))
+        "sequential",
+        f"Model: {' | '.join(BUILTIN_MODELS)} | package.module:function (a "
+        "builder (input_shape, num_classes) -> keras.Model)",
+        group=WHAT,
+        checks=(_check_model,),
+    )
     dataset: str = option("synthetic", "Dataset: {choices}", group=WHAT, choices=DATASETS)
-    data_dir: Optional[str] = option(
-        None, "Folder holding reuters.npz / imdb.npz (offline use; the file's hash is "
-        "checked)", group=WHAT)
+    data_dir: str | None = option(
+        None,
+        "Folder holding reuters.npz / imdb.npz (offline use; the file's hash is checked)",
+        group=WHAT,
+    )
     num_words: int = option(
-        10000, "Vocabulary size (the most frequent words)", group=WHAT,
-        checks=(positive, at_least(3, "0 is padding, 1 the start mark, 2 out-of-vocabulary")))
-    max_len: int = option(300, "Sequence length after padding/truncation", group=WHAT,
-                          checks=(positive,))
-    num_classes: Optional[int] = option(
-        None, "Synthetic data only: classes (default 46; 2 gives the binary, IMDB-like "
-        "task); with --model=multi_io the departments (default 4)", group=WHAT,
-        checks=(at_least(2, "2 is the binary task"),), shown="46")
-    num_examples: Optional[int] = option(
-        None, "Training examples: synthetic data generates this many (default 8982, +20% "
+        10000,
+        "Vocabulary size (the most frequent words)",
+        group=WHAT,
+        checks=(positive, at_least(3, "0 is padding, 1 the start mark, 2 out-of-vocabulary")),
+    )
+    max_len: int = option(
+        300, "Sequence length after padding/truncation", group=WHAT, checks=(positive,)
+    )
+    num_classes: int | None = option(
+        None,
+        "Synthetic data only: classes (default 46; 2 gives the binary, IMDB-like "
+        "task); with --model=multi_io the departments (default 4)",
+        group=WHAT,
+        checks=(at_least(2, "2 is the binary task"),),
+        shown="46",
+    )
+    num_examples: int | None = option(
+        None,
+        "Training examples: synthetic data generates this many (default 8982, +20% "
         "for validation); reuters/imdb keep the first N of the training split (Keras's "
-        "loaders shuffle it with --seed; default all; validation stays whole)", group=WHAT,
-        checks=(positive,), shown="synthetic: 8982; reuters/imdb: all")
-    epochs: int = option(10, "Epochs to train (in total, also when resuming)", group=HOW,
-                         checks=(positive,))
+        "loaders shuffle it with --seed; default all; validation stays whole)",
+        group=WHAT,
+        checks=(positive,),
+        shown="synthetic: 8982; reuters/imdb: all",
+    )
+    epochs: int = option(
+        10, "Epochs to train (in total, also when resuming)", group=HOW, checks=(positive,)
+    )
     batch_size: int = option(32, "Global batch size", group=HOW, checks=(positive,))
-    steps_per_epoch: Optional[int] = option(
-        None, "Train steps per epoch (default: one pass over the training set)", group=HOW,
-        checks=(positive,), shown="whole set")
-    validation_steps: Optional[int] = option(
-        None, "Validation batches per epoch (default: the whole validation set)", group=HOW,
-        checks=(positive,), shown="whole set")
+    steps_per_epoch: int | None = option(
+        None,
+        "Train steps per epoch (default: one pass over the training set)",
+        group=HOW,
+        checks=(positive,),
+        shown="whole set",
+    )
+    validation_steps: int | None = option(
+        None,
+        "Validation batches per epoch (default: the whole validation set)",
+        group=HOW,
+        checks=(positive,),
+        shown="whole set",
+    )
     optimizer: str = option("nadam", "Optimizer: {choices}", group=HOW, choices=OPTIMIZERS)
     learning_rate: float = option(1e-3, "Initial learning rate", group=HOW, checks=(positive,))
-    clip_norm: Optional[float] = option(
-        None, "Clip each gradient to this norm, like tf.clip_by_norm(g, 5) in the old "
-        "recipe (off if unset)", group=HOW, checks=(positive,), shown="off")
-    seed: int = option(42, "Seed for the weights, the synthetic data and the data order",
-                       group=HOW, checks=(non_negative,), maximum=2**32 - 1)
+    clip_norm: float | None = option(
+        None,
+        "Clip each gradient to this norm, like tf.clip_by_norm(g, 5) in the old "
+        "recipe (off if unset)",
+        group=HOW,
+        checks=(positive,),
+        shown="off",
+    )
+    seed: int = option(
+        42,
+        "Seed for the weights, the synthetic data and the data order",
+        group=HOW,
+        checks=(non_negative,),
+        maximum=2**32 - 1,
+    )
     logdir: str = option("logs", "Folder holding the run directories", group=WHERE)
-    run_name: Optional[str] = option(
-        None, "Run directory name (default <model>-<mode>-<time>)", group=WHERE,
-        checks=(_check_run_name,), shown="<model>-<mode>-<time>")
+    run_name: str | None = option(
+        None,
+        "Run directory name (default <model>-<mode>-<time>)",
+        group=WHERE,
+        checks=(_check_run_name,),
+        shown="<model>-<mode>-<time>",
+    )
     overwrite: bool = option(
-        False, "Replace an existing run directory (without it an existing run is never "
-        "touched)", group=WHERE)
-    resume: bool = option(False, "Continue the run --run_name from its last checkpoint",
-                          group=WHERE)
-    verbose: int = option(1, "0 = quiet, 1 = progress bar, 2 = one line per epoch",
-                          group=WHERE, checks=(off_or_positive, _check_verbose))
+        False,
+        "Replace an existing run directory (without it an existing run is never touched)",
+        group=WHERE,
+    )
+    resume: bool = option(
+        False, "Continue the run --run_name from its last checkpoint", group=WHERE
+    )
+    verbose: int = option(
+        1,
+        "0 = quiet, 1 = progress bar, 2 = one line per epoch",
+        group=WHERE,
+        checks=(off_or_positive, _check_verbose),
+    )
     summary_every_steps: int = option(
-        100, "Write batch_loss and the learning rate every N steps (0 = off)", group=WHERE,
-        checks=(off_or_positive,))
-    histogram_freq: int = option(1, "Weight and gradient histograms every N epochs (0 = off)",
-                                 group=WHERE, checks=(off_or_positive,))
+        100,
+        "Write batch_loss and the learning rate every N steps (0 = off)",
+        group=WHERE,
+        checks=(off_or_positive,),
+    )
+    histogram_freq: int = option(
+        1,
+        "Weight and gradient histograms every N epochs (0 = off)",
+        group=WHERE,
+        checks=(off_or_positive,),
+    )
     lr_halve_epochs: tuple = option(
-        (5,), "1-based epochs at whose start the learning rate is multiplied by "
-        "--lr_halve_factor, e.g. 5,8 (empty = never)", group=HOW,
-        parse=lambda text: parse_int_list("lr_halve_epochs", text), checks=(_check_epochs,))
-    lr_halve_factor: float = option(0.5, "Multiplier at each halving epoch", group=HOW,
-                                    checks=(positive,))
+        (5,),
+        "1-based epochs at whose start the learning rate is multiplied by "
+        "--lr_halve_factor, e.g. 5,8 (empty = never)",
+        group=HOW,
+        parse=lambda text: parse_int_list("lr_halve_epochs", text),
+        checks=(_check_epochs,),
+    )
+    lr_halve_factor: float = option(
+        0.5, "Multiplier at each halving epoch", group=HOW, checks=(positive,)
+    )
     checkpoint_every_steps: int = option(
-        0, "Also checkpoint every N steps (0 = only at epoch ends, where checkpoints are "
-        "always written)", group=WHERE, checks=(off_or_positive,))
+        0,
+        "Also checkpoint every N steps (0 = only at epoch ends, where checkpoints are "
+        "always written)",
+        group=WHERE,
+        checks=(off_or_positive,),
+    )
     keep_checkpoints: int = option(3, "Checkpoints to keep", group=WHERE, checks=(positive,))
     monitor: str = option(
-        "val_loss", "Metric that picks the best model, best.keras (lower is better for "
-        "losses, higher otherwise)", group=WHERE)
+        "val_loss",
+        "Metric that picks the best model, best.keras (lower is better for "
+        "losses, higher otherwise)",
+        group=WHERE,
+    )
     profile_steps: tuple = option(
-        (), "Global steps to profile, START,STOP inclusive; several windows with ';' "
-        "(e.g. 10,15;200,205). Empty = no profiling", group=PROFILING, parse=parse_windows,
-        checks=(_check_windows,), shown="off")
+        (),
+        "Global steps to profile, START,STOP inclusive; several windows with ';' "
+        "(e.g. 10,15;200,205). Empty = no profiling",
+        group=PROFILING,
+        parse=parse_windows,
+        checks=(_check_windows,),
+        shown="off",
+    )
     profiler_port: int = option(
-        0, "Start the profiler server on this port for TensorBoard's 'Capture profile' "
-        "(0 = off). It listens on all interfaces, not only loopback", group=PROFILING,
-        checks=(off_or_positive,), maximum=65535)
+        0,
+        "Start the profiler server on this port for TensorBoard's 'Capture profile' "
+        "(0 = off). It listens on all interfaces, not only loopback",
+        group=PROFILING,
+        checks=(off_or_positive,),
+        maximum=65535,
+    )
     steps_per_execution: int = option(
-        0, "Train (and validation) steps per compiled call (fit and tape, not "
+        0,
+        "Train (and validation) steps per compiled call (fit and tape, not "
         "train_on_batch; callbacks see each call). 0 = auto: 1 for fit, up to 100 for tape "
         "(between step summaries and checkpoints; a profile window's steps run one per "
-        "call)", group=HOW, checks=(off_or_positive,), shown="0 = auto")
+        "call)",
+        group=HOW,
+        checks=(off_or_positive,),
+        shown="0 = auto",
+    )
     jit_compile: bool = option(False, "Compile the train step with XLA", group=HOW)
     mixed_precision: bool = option(
-        False, "Mixed precision: bfloat16 on a CPU, float16 with loss scaling on a GPU",
-        group=HOW)
+        False, "Mixed precision: bfloat16 on a CPU, float16 with loss scaling on a GPU", group=HOW
+    )
     metrics: tuple = option(
-        (), "Comma-separated metrics (default per task: accuracy,top5_accuracy or "
+        (),
+        "Comma-separated metrics (default per task: accuracy,top5_accuracy or "
         "accuracy,auc; accuracy for multi_io); choices: accuracy, top5_accuracy, "
-        "top3_accuracy, crossentropy, auc, precision, recall", group=WHAT,
-        parse=parse_name_list, shown="per task")
-    gpus: Optional[tuple] = option(
-        None, "GPU indices to use, e.g. 0 or 0,1 (default: all)", group=DEVICES,
-        parse=lambda text: parse_int_list("gpus", text) or None, checks=(_check_gpus,),
-        shown="all")
+        "top3_accuracy, crossentropy, auc, precision, recall",
+        group=WHAT,
+        parse=parse_name_list,
+        shown="per task",
+    )
+    gpus: tuple | None = option(
+        None,
+        "GPU indices to use, e.g. 0 or 0,1 (default: all)",
+        group=DEVICES,
+        parse=lambda text: parse_int_list("gpus", text) or None,
+        checks=(_check_gpus,),
+        shown="all",
+    )
     gpu_memory_growth: bool = option(
-        True, "Allocate GPU memory as needed instead of all at once", group=DEVICES)
-    gpu_memory_limit_mb: int = option(0, "Cap each GPU's memory in MB (0 = no cap)",
-                                      group=DEVICES, checks=(off_or_positive,))
+        True, "Allocate GPU memory as needed instead of all at once", group=DEVICES
+    )
+    gpu_memory_limit_mb: int = option(
+        0, "Cap each GPU's memory in MB (0 = no cap)", group=DEVICES, checks=(off_or_positive,)
+    )
     export: bool = option(
-        False, "Export the best (or final) model as a SavedModel under the run directory",
-        group=WHERE)
+        False,
+        "Export the best (or final) model as a SavedModel under the run directory",
+        group=WHERE,
+    )
     loss_weights: tuple = option(
-        (), "--model=multi_io: weight of each output's loss, e.g. "
-        "priority=1.0,department=0.2 (the default)", group=WHAT, parse=parse_loss_weights,
-        checks=(_check_loss_weights,), shown="`priority=1.0,department=0.2`")
+        (),
+        "--model=multi_io: weight of each output's loss, e.g. "
+        "priority=1.0,department=0.2 (the default)",
+        group=WHAT,
+        parse=parse_loss_weights,
+        checks=(_check_loss_weights,),
+        shown="`priority=1.0,department=0.2`",
+    )
     strategy: str = option(
-        "default", "tf.distribute strategy: {choices} (multi_worker reads the cluster from "
-        "TF_CONFIG)", group=DEVICES, choices=STRATEGIES)
+        "default",
+        "tf.distribute strategy: {choices} (multi_worker reads the cluster from TF_CONFIG)",
+        group=DEVICES,
+        choices=STRATEGIES,
+    )
     cpu_replicas: int = option(
-        0, "With --strategy=mirrored and no GPU: split the CPU into N logical devices (to "
-        "try data parallelism on a CPU-only machine)", group=DEVICES,
-        checks=(off_or_positive,))
+        0,
+        "With --strategy=mirrored and no GPU: split the CPU into N logical devices (to "
+        "try data parallelism on a CPU-only machine)",
+        group=DEVICES,
+        checks=(off_or_positive,),
+    )
     intra_op_threads: int = option(
-        0, "Threads one op may split its work over (0 = TensorFlow's choice: the number of "
-        "cores)", group=HOW, checks=(threads,), maximum=4096)
+        0,
+        "Threads one op may split its work over (0 = TensorFlow's choice: the number of cores)",
+        group=HOW,
+        checks=(threads,),
+        maximum=4096,
+    )
     inter_op_threads: int = option(
-        0, "Ops that may run at once (0 = TensorFlow's choice: the number of cores)",
-        group=HOW, checks=(threads,), maximum=4096)
+        0,
+        "Ops that may run at once (0 = TensorFlow's choice: the number of cores)",
+        group=HOW,
+        checks=(threads,),
+        maximum=4096,
+    )
 
     def validate(self) -> "Config":
         """Returns self, marked validated, if every value is allowed; raises UsageError
@@ -276,8 +410,10 @@ class Config:
 
 def _num_classes_only_synthetic(config: Config) -> None:
     if config.num_classes is not None and config.dataset != "synthetic":
-        raise UsageError(f"--num_classes applies only to --dataset=synthetic; "
-                         f"{config.dataset} has a fixed number of classes")
+        raise UsageError(
+            f"--num_classes applies only to --dataset=synthetic; "
+            f"{config.dataset} has a fixed number of classes"
+        )
 
 
 def _max_len_fits_model(config: Config) -> None:
@@ -286,29 +422,35 @@ def _max_len_fits_model(config: Config) -> None:
 
 def _cpu_replicas_only_mirrored(config: Config) -> None:
     if config.cpu_replicas and config.strategy != "mirrored":
-        raise UsageError(f"--cpu_replicas={config.cpu_replicas} applies to "
-                         "--strategy=mirrored only")
+        raise UsageError(
+            f"--cpu_replicas={config.cpu_replicas} applies to --strategy=mirrored only"
+        )
 
 
 def _multi_io_rules(config: Config) -> None:
     """--model=multi_io trains on its own data, weighs its losses, needs 3+ departments."""
     if config.model == "multi_io" and config.dataset != "synthetic":
-        raise UsageError(f"--model=multi_io trains on its own synthetic tickets; "
-                         f"--dataset={config.dataset} has one input: drop --dataset")
+        raise UsageError(
+            f"--model=multi_io trains on its own synthetic tickets; "
+            f"--dataset={config.dataset} has one input: drop --dataset"
+        )
     if config.loss_weights and config.model != "multi_io":
-        raise UsageError("--loss_weights applies to a multi-output model "
-                         "(--model=multi_io) only")
+        raise UsageError("--loss_weights applies to a multi-output model (--model=multi_io) only")
     if config.model == "multi_io" and config.num_classes is not None and config.num_classes < 3:
-        raise UsageError(f"--num_classes={config.num_classes} is not allowed with "
-                         "--model=multi_io: the departments are a softmax over at least 3")
+        raise UsageError(
+            f"--num_classes={config.num_classes} is not allowed with "
+            "--model=multi_io: the departments are a softmax over at least 3"
+        )
 
 
 def _resume_rules(config: Config) -> None:
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: give one of them")
     if config.resume and not config.run_name:
-        raise UsageError("--resume needs --run_name naming the run to continue "
-                         f"(a folder under --logdir={config.logdir})")
+        raise UsageError(
+            "--resume needs --run_name naming the run to continue "
+            f"(a folder under --logdir={config.logdir})"
+        )
 
 
 def _data_dir_holds_the_file(config: Config) -> None:
@@ -317,5 +459,12 @@ def _data_dir_holds_the_file(config: Config) -> None:
 
 
 # The rules that tie fields together, after each field's own checks.
-_RULES = (_num_classes_only_synthetic, _max_len_fits_model, loops.check,
-          _cpu_replicas_only_mirrored, _multi_io_rules, _resume_rules, _data_dir_holds_the_file)
+_RULES = (
+    _num_classes_only_synthetic,
+    _max_len_fits_model,
+    loops.check,
+    _cpu_replicas_only_mirrored,
+    _multi_io_rules,
+    _resume_rules,
+    _data_dir_holds_the_file,
+)

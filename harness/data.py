@@ -24,7 +24,8 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -45,8 +46,10 @@ BATCHES_AHEAD = 4  # training batches prefetched (see _prefetched)
 _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
 # The sha256 each loader verifies (keras/src/datasets/reuters.py, imdb.py): checked
 # first, so that Keras never replaces a --data_dir file by a download.
-DATA_HASHES = {"reuters": "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916",
-               "imdb": "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f"}
+DATA_HASHES = {
+    "reuters": "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916",
+    "imdb": "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +82,16 @@ def num_examples(x) -> int:
     return len(tf.nest.flatten(x)[0])
 
 
-def load(dataset: str, *, num_words: int, max_len: int, seed: int,
-         num_classes: int, num_examples: Optional[int], data_dir: Optional[str]) -> Splits:
+def load(
+    dataset: str,
+    *,
+    num_words: int,
+    max_len: int,
+    seed: int,
+    num_classes: int,
+    num_examples: int | None,
+    data_dir: str | None,
+) -> Splits:
     """Loads `dataset` and pads it to `max_len`.
 
     `num_examples`: for synthetic data, how many training examples to generate
@@ -93,21 +104,35 @@ def load(dataset: str, *, num_words: int, max_len: int, seed: int,
             or `num_examples` is more than the training split holds.
     """
     if dataset == "synthetic":
-        return synthetic(num_examples=num_examples, num_words=num_words,
-                         max_len=max_len, num_classes=num_classes, seed=seed)
+        return synthetic(
+            num_examples=num_examples,
+            num_words=num_words,
+            max_len=max_len,
+            num_classes=num_classes,
+            seed=seed,
+        )
     (x_train, y_train), (x_val, y_val) = _load_keras_dataset(
-        dataset, data_dir, num_words=num_words, seed=seed)
+        dataset, data_dir, num_words=num_words, seed=seed
+    )
     if num_examples and num_examples > len(x_train):
-        raise UsageError(f"--num_examples={num_examples} is not allowed: {dataset} has "
-                         f"{len(x_train)} training examples; use at most that, or leave "
-                         "it unset for all of them")
+        raise UsageError(
+            f"--num_examples={num_examples} is not allowed: {dataset} has "
+            f"{len(x_train)} training examples; use at most that, or leave "
+            "it unset for all of them"
+        )
     keep = slice(None, num_examples)
-    return Splits(_pad(x_train[keep], max_len), y_train[keep].astype(np.int32),
-                  _pad(x_val, max_len), y_val.astype(np.int32), num_classes)
+    return Splits(
+        _pad(x_train[keep], max_len),
+        y_train[keep].astype(np.int32),
+        _pad(x_val, max_len),
+        y_val.astype(np.int32),
+        num_classes,
+    )
 
 
-def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int,
-              num_classes: int, seed: int) -> Splits:
+def synthetic(
+    *, num_examples: int | None, num_words: int, max_len: int, num_classes: int, seed: int
+) -> Splits:
     """Reuters-shaped token sequences whose label is carried by keywords:
     `num_examples` (default SYNTHETIC_EXAMPLES) for training, 20% more for validation.
 
@@ -119,9 +144,11 @@ def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int,
     """
     num_examples = num_examples or SYNTHETIC_EXAMPLES
     rng = np.random.default_rng(seed)
-    keywords = rng.choice(np.arange(_FIRST_WORD, num_words), replace=False,
-                          size=(num_classes, min(_KEYWORDS_PER_CLASS,
-                                                 (num_words - _FIRST_WORD) // num_classes)))
+    keywords = rng.choice(
+        np.arange(_FIRST_WORD, num_words),
+        replace=False,
+        size=(num_classes, min(_KEYWORDS_PER_CLASS, (num_words - _FIRST_WORD) // num_classes)),
+    )
     n_total = num_examples + max(1, int(num_examples * SYNTHETIC_VALIDATION_FRACTION))
     labels = rng.integers(0, num_classes, size=n_total).astype(np.int32)
     lengths = rng.integers(max(2, max_len // 4), max_len + 1, size=n_total)
@@ -136,8 +163,13 @@ def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int,
         first = max_len - lengths[rows, None]
         chunk = np.where(positions == first, _START, chunk)
         tokens[rows] = np.where(positions < first, 0, chunk)
-    return Splits(tokens[:num_examples], labels[:num_examples],
-                  tokens[num_examples:], labels[num_examples:], num_classes)
+    return Splits(
+        tokens[:num_examples],
+        labels[:num_examples],
+        tokens[num_examples:],
+        labels[num_examples:],
+        num_classes,
+    )
 
 
 class TrainStream:
@@ -159,8 +191,9 @@ class TrainStream:
     from two iterators (see loops._StaticBatches).
     """
 
-    def __init__(self, x, y, *, batch_size: int, seed: int,
-                 rows_per_gather: int = ROWS_PER_GATHER) -> None:
+    def __init__(
+        self, x, y, *, batch_size: int, seed: int, rows_per_gather: int = ROWS_PER_GATHER
+    ) -> None:
         self.batch_size = batch_size
         self.seed = seed
         self.size = num_examples(x)
@@ -180,15 +213,17 @@ class TrainStream:
     def partial_batches(self, start_step: int = 0) -> tf.data.Dataset:
         """The partial batch of every pass from global step `start_step` on (shape static)."""
         if not self.partial_size:
-            raise ValueError(f"{self.size} examples make whole batches of {self.batch_size}: "
-                             "the stream has no partial batches")
+            raise ValueError(
+                f"{self.size} examples make whole batches of {self.batch_size}: "
+                "the stream has no partial batches"
+            )
         # The pass holding `start_step`: its partial batch is its last step, so not yet trained.
         first_pass = start_step // self.batches_per_pass
         tail = self.size - self.partial_size
         passes = tf.data.Dataset.range(first_pass, 2**62)
         return _prefetched(passes.map(lambda n: self._gather(self._permutation(n)[tail:])))
 
-    def next_partial_step(self, step: int) -> Optional[int]:
+    def next_partial_step(self, step: int) -> int | None:
         """The first global step from `step` on that trains on a partial batch (None: never)."""
         if not self.partial_size:
             return None
@@ -203,15 +238,22 @@ class TrainStream:
         def batches_of(*part):
             return _slices(part, self.batch_size, with_rest=with_partial)
 
-        parts = (tf.data.Dataset.range(first_pass, 2**62).map(self._permutation)
-                 .flat_map(parts_of).map(self._gather).prefetch(1))
+        parts = (
+            tf.data.Dataset.range(first_pass, 2**62)
+            .map(self._permutation)
+            .flat_map(parts_of)
+            .map(self._gather)
+            .prefetch(1)
+        )
         # Without the partial batches the offset is the same: a pass's partial batch is its last.
         return _prefetched(parts.flat_map(batches_of).skip(offset))
 
     def _permutation(self, pass_number):
         return tf.random.experimental.stateless_shuffle(
-            tf.range(self.size), seed=tf.stack([tf.constant(self.seed, tf.int64), pass_number]),
-            alg="philox")
+            tf.range(self.size),
+            seed=tf.stack([tf.constant(self.seed, tf.int64), pass_number]),
+            alg="philox",
+        )
 
     def _gather(self, rows):
         return tf.nest.map_structure(lambda array: tf.gather(array, rows), self._arrays)
@@ -237,23 +279,29 @@ def _slices(tensors, length: int, *, with_rest: bool = True) -> tf.data.Dataset:
     rows = tf.shape(tf.nest.flatten(tensors)[0])[0]
     whole = rows - rows % length
     full = tf.nest.map_structure(
-        lambda tensor: tf.reshape(tensor[:whole], [-1, length, *tensor.shape[1:]]), tensors)
+        lambda tensor: tf.reshape(tensor[:whole], [-1, length, *tensor.shape[1:]]), tensors
+    )
     slices = tf.data.Dataset.from_tensor_slices(full)
     if not with_rest:
         return slices
     rest = tf.nest.map_structure(lambda tensor: tensor[whole:], tensors)
     nonempty = tf.data.Dataset.from_tensors(rest).filter(
-        lambda *part: tf.shape(tf.nest.flatten(part)[0])[0] > 0)
+        lambda *part: tf.shape(tf.nest.flatten(part)[0])[0] > 0
+    )
     return slices.concatenate(nonempty)
 
 
 def validation_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int) -> tf.data.Dataset:
     """The validation batches in a fixed order."""
-    return (tf.data.Dataset.from_tensor_slices((x, y)).cache()
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .cache()
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
-def steps_for(num_examples: int, batch_size: int, steps: Optional[int]) -> int:
+def steps_for(num_examples: int, batch_size: int, steps: int | None) -> int:
     """`steps` if given, else the batches in one pass over `num_examples`."""
     return steps if steps else math.ceil(num_examples / batch_size)
 
@@ -262,7 +310,7 @@ def _pad(sequences, max_len: int) -> np.ndarray:
     return keras.utils.pad_sequences(sequences, maxlen=max_len, dtype="int32")
 
 
-def _load_keras_dataset(dataset: str, data_dir: Optional[str], *, num_words: int, seed: int):
+def _load_keras_dataset(dataset: str, data_dir: str | None, *, num_words: int, seed: int):
     file_name = DATA_FILES[dataset]
     loader = _LOADERS[dataset]
     hint = data_file_hint(dataset)
@@ -275,24 +323,35 @@ def _load_keras_dataset(dataset: str, data_dir: Optional[str], *, num_words: int
         except Exception as error:  # network errors come in many types
             cause = f"{type(error).__name__}: {_one_line(error)}"
             if intact:  # no download was needed: the cached copy passed its hash check
-                raise HarnessError(f"--dataset={dataset}: loading {file_name} from the "
-                                   f"Keras cache ({cache}) failed ({cause}); {hint}") from None
-            where = (f"the copy in the Keras cache ({cache}) failed its hash check"
-                     if os.path.isfile(cached) else f"it is not in the Keras cache ({cache})")
-            raise UsageError(f"--dataset={dataset}: {file_name} had to be downloaded "
-                             f"({where}) and the download failed ({cause}); no internet? "
-                             f"{hint}") from None
+                raise HarnessError(
+                    f"--dataset={dataset}: loading {file_name} from the "
+                    f"Keras cache ({cache}) failed ({cause}); {hint}"
+                ) from None
+            where = (
+                f"the copy in the Keras cache ({cache}) failed its hash check"
+                if os.path.isfile(cached)
+                else f"it is not in the Keras cache ({cache})"
+            )
+            raise UsageError(
+                f"--dataset={dataset}: {file_name} had to be downloaded "
+                f"({where}) and the download failed ({cause}); no internet? "
+                f"{hint}"
+            ) from None
     check_data_dir(dataset, data_dir)
     source = os.path.join(data_dir, file_name)
     if not _hash_holds(dataset, source):  # Keras would download the official file instead
-        raise UsageError(f"{source} failed Keras's hash check (truncated or not the "
-                         f"official file); replace it: {hint}")
+        raise UsageError(
+            f"{source} failed Keras's hash check (truncated or not the "
+            f"official file); replace it: {hint}"
+        )
     with _private_keras_home(source):
         try:
             return loader.load_data(path=file_name, num_words=num_words, seed=seed)
         except Exception as error:
-            raise HarnessError(f"{source} passed its hash check but could not be read "
-                               f"({type(error).__name__}: {_one_line(error)})") from None
+            raise HarnessError(
+                f"{source} passed its hash check but could not be read "
+                f"({type(error).__name__}: {_one_line(error)})"
+            ) from None
 
 
 def _hash_holds(dataset: str, path: str) -> bool:

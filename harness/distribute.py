@@ -9,7 +9,6 @@ folder that is deleted at the end.
 
 import json
 import os
-from typing import Optional
 
 import tensorflow as tf
 
@@ -18,7 +17,6 @@ from harness.errors import UsageError
 
 # What the user asked for, by the strategy's class name.
 _NAMES = {"CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy"}
-
 
 
 def make_strategy(name: str, cpu_replicas: int = 0) -> tf.distribute.Strategy:
@@ -48,8 +46,10 @@ def make_strategy(name: str, cpu_replicas: int = 0) -> tf.distribute.Strategy:
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as error:
-            raise UsageError(f"--strategy=tpu: no TPU found ({type(error).__name__}); "
-                             "use --strategy=default or mirrored here") from None
+            raise UsageError(
+                f"--strategy=tpu: no TPU found ({type(error).__name__}); "
+                "use --strategy=default or mirrored here"
+            ) from None
         return tf.distribute.TPUStrategy(resolver)
     raise UsageError(f"--strategy={name!r} is not allowed: use one of {', '.join(STRATEGIES)}")
 
@@ -66,7 +66,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def describe(strategy: tf.distribute.Strategy) -> Optional[str]:
+def describe(strategy: tf.distribute.Strategy) -> str | None:
     """A startup line for a non-default strategy."""
     if strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1:
         return None
@@ -81,7 +81,8 @@ def _local_devices(cpu_replicas: int) -> list:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
             tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
+            )
         except RuntimeError:  # already configured in this process
             pass
     return [device.name for device in tf.config.list_logical_devices("CPU")]
@@ -90,12 +91,16 @@ def _local_devices(cpu_replicas: int) -> list:
 def _check_tf_config() -> None:
     text = os.environ.get("TF_CONFIG")
     if not text:
-        raise UsageError("--strategy=multi_worker needs TF_CONFIG (the cluster and this "
-                         "worker's task) in the environment of every worker; see the README")
+        raise UsageError(
+            "--strategy=multi_worker needs TF_CONFIG (the cluster and this "
+            "worker's task) in the environment of every worker; see the README"
+        )
     try:
         config = json.loads(text)
         config["cluster"], config["task"]["type"], config["task"]["index"]
     except (ValueError, KeyError, TypeError):
-        raise UsageError("TF_CONFIG is not valid: it must be JSON like {\"cluster\": "
-                         "{\"worker\": [\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
-                         "\"index\": 0}}") from None
+        raise UsageError(
+            'TF_CONFIG is not valid: it must be JSON like {"cluster": '
+            '{"worker": ["host:port", ...]}, "task": {"type": "worker", '
+            '"index": 0}}'
+        ) from None

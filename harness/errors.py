@@ -19,8 +19,7 @@ class RunInterrupted(HarnessError):
     `failed`: it stopped on an error (e.g. a full disk), not on the user's signal.
     """
 
-    def __init__(self, message: str, exit_code: int, run_name: str,
-                 failed: bool = False) -> None:
+    def __init__(self, message: str, exit_code: int, run_name: str, failed: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.run_name = run_name

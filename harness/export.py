@@ -7,8 +7,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from callbacks import files
 from harness import rundir
+from harness.callbacks import files
 from harness.errors import HarnessError
 
 SAVED_MODEL_DIR = "saved_model"
@@ -35,18 +35,21 @@ def saved_model(run_dir: str, model: keras.Model, sample_input) -> str:
     best = os.path.join(run_dir, rundir.BEST_MODEL_FILE)
     signature = tf.nest.map_structure(
         lambda array: tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype)),
-        sample_input)
+        sample_input,
+    )
     path = os.path.join(run_dir, SAVED_MODEL_DIR)
-    temporary = tempfile.mkdtemp(prefix=f".{SAVED_MODEL_DIR}.",
-                                 suffix=files.TEMPORARY_SUFFIX, dir=run_dir)
+    temporary = tempfile.mkdtemp(
+        prefix=f".{SAVED_MODEL_DIR}.", suffix=files.TEMPORARY_SUFFIX, dir=run_dir
+    )
     try:
         # Anything can fail in there (tracing the user's layers, the disk): the run
         # is complete by now, and a traceback would hide what is safe on disk.
         try:
             if os.path.exists(best):
                 model.load_weights(best)
-            model.export(temporary, format="tf_saved_model", verbose=False,
-                         input_signature=[signature])
+            model.export(
+                temporary, format="tf_saved_model", verbose=False, input_signature=[signature]
+            )
             _replace(temporary, path)
         except Exception as error:  # noqa: BLE001 - reported as one line, see above
             message = " ".join(str(error).split())
@@ -54,7 +57,8 @@ def saved_model(run_dir: str, model: keras.Model, sample_input) -> str:
                 f"--export failed ({type(error).__name__}: {message[:300]}); the run is "
                 f"intact in {run_dir} (checkpoints, {rundir.BEST_MODEL_FILE}, "
                 f"{rundir.HISTORY_FILE}); export it later with --resume --export "
-                f"--run_name={os.path.basename(run_dir)} and the same flags") from error
+                f"--run_name={os.path.basename(run_dir)} and the same flags"
+            ) from error
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return path
@@ -73,13 +77,19 @@ def _replace(new: str, path: str) -> None:
 
 def how_to_load(path: str, sample_input) -> str:
     """The lines that tell a user how to serve the export, with its input format."""
+
     def describe(array) -> str:
         return f"{array.dtype} [batch, {', '.join(map(str, array.shape[1:]))}]"
 
     if isinstance(sample_input, dict):
-        inputs = "{" + ", ".join(f"{name!r}: {describe(array)}"
-                                 for name, array in sample_input.items()) + "}"
+        inputs = (
+            "{"
+            + ", ".join(f"{name!r}: {describe(array)}" for name, array in sample_input.items())
+            + "}"
+        )
     else:
         inputs = describe(sample_input)
-    return (f"harness: SavedModel written to {path}\n"
-            f"  load it with: tf.saved_model.load({path!r}).serve(inputs)  # inputs: {inputs}")
+    return (
+        f"harness: SavedModel written to {path}\n"
+        f"  load it with: tf.saved_model.load({path!r}).serve(inputs)  # inputs: {inputs}"
+    )

@@ -21,10 +21,14 @@ def tables() -> str:
     """The Markdown tables of every flag, one per group, in field order."""
     parts = []
     for group in GROUPS:
-        rows = [f"| `--{field.name}` | {_default(field)} | {_cell(help_text(field))} |"
-                for field in dataclasses.fields(Config) if field.metadata["group"] == group]
-        parts.append("\n".join([f"**{group}**", "", "| flag | default | meaning |",
-                                "|---|---|---|", *rows]))
+        rows = [
+            f"| `--{field.name}` | {_default(field)} | {_cell(help_text(field))} |"
+            for field in dataclasses.fields(Config)
+            if field.metadata["group"] == group
+        ]
+        parts.append(
+            "\n".join([f"**{group}**", "", "| flag | default | meaning |", "|---|---|---|", *rows])
+        )
     return "\n\n".join(parts)
 
 

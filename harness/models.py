@@ -11,7 +11,7 @@ import inspect
 import os
 import sysconfig
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -33,16 +33,19 @@ def head(num_classes: int) -> layers.Layer:
 
 def sequential(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
     """Embedding -> Conv1D(64,5) -> pool -> Conv1D(32,3) -> pool -> Flatten -> head."""
-    return keras.Sequential([
-        keras.Input(shape=input_shape, dtype="int32"),
-        layers.Embedding(num_words, EMBEDDING_DIM),
-        layers.Conv1D(64, 5, activation="relu"),
-        layers.MaxPool1D(2),
-        layers.Conv1D(32, 3, activation="relu"),
-        layers.MaxPool1D(2),
-        layers.Flatten(),
-        head(num_classes),
-    ], name="sequential")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            layers.Embedding(num_words, EMBEDDING_DIM),
+            layers.Conv1D(64, 5, activation="relu"),
+            layers.MaxPool1D(2),
+            layers.Conv1D(32, 3, activation="relu"),
+            layers.MaxPool1D(2),
+            layers.Flatten(),
+            head(num_classes),
+        ],
+        name="sequential",
+    )
 
 
 def functional(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
@@ -72,12 +75,14 @@ class ResBlock(layers.Layer):
         self.pool = layers.MaxPool1D(2)
 
     def build(self, input_shape):
-        self.conv3 = layers.Conv1D(input_shape[-1], self.kernel_size, activation="relu",
-                                   padding="same")
+        self.conv3 = layers.Conv1D(
+            input_shape[-1], self.kernel_size, activation="relu", padding="same"
+        )
         self.conv1.build(input_shape)
         self.conv2.build(self.conv1.compute_output_shape(input_shape))
-        self.conv3.build(self.conv2.compute_output_shape(
-            self.conv1.compute_output_shape(input_shape)))
+        self.conv3.build(
+            self.conv2.compute_output_shape(self.conv1.compute_output_shape(input_shape))
+        )
         self.pool.build(input_shape)
 
     def call(self, inputs):
@@ -119,8 +124,7 @@ class ResidualClassifier(keras.Model):
         return self.head(self.flatten(x))
 
     def get_config(self):
-        return {"num_classes": self.num_classes, "num_words": self.num_words,
-                "name": self.name}
+        return {"num_classes": self.num_classes, "num_words": self.num_words, "name": self.name}
 
 
 def subclass(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
@@ -133,12 +137,16 @@ def subclass(input_shape: tuple, num_classes: int, num_words: int) -> keras.Mode
 def multi_io(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
     """The tickets model of Keras's functional-API guide (see harness.multi_io)."""
     from harness import multi_io as tickets  # the task module builds on this one's users
+
     return tickets.build(input_shape[0], num_classes, num_words)
 
 
 BUILTIN: dict[str, Callable[..., keras.Model]] = {
-    "sequential": sequential, "functional": functional, "subclass": subclass,
-    "multi_io": multi_io}
+    "sequential": sequential,
+    "functional": functional,
+    "subclass": subclass,
+    "multi_io": multi_io,
+}
 
 
 def build(name: str, input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
@@ -161,15 +169,21 @@ def build(name: str, input_shape: tuple, num_classes: int, num_words: int) -> ke
         model = builder(input_shape, num_classes)
     except Exception as error:  # the user's code: any error, shown with its frames
         if not _is_user_code(builder):  # e.g. os.path:join, a library function
-            raise UsageError(f"--model={name!r} is not a model builder: calling it with "
-                             f"({input_shape}, {num_classes}) raised "
-                             f"{type(error).__name__}: {_one_line(error)}") from None
-        raise UserCodeError(f"--model={name!r}: the builder raised {type(error).__name__}: "
-                            f"{_one_line(error)} (its traceback is above)",
-                            _user_frames(error)) from error
+            raise UsageError(
+                f"--model={name!r} is not a model builder: calling it with "
+                f"({input_shape}, {num_classes}) raised "
+                f"{type(error).__name__}: {_one_line(error)}"
+            ) from None
+        raise UserCodeError(
+            f"--model={name!r}: the builder raised {type(error).__name__}: "
+            f"{_one_line(error)} (its traceback is above)",
+            _user_frames(error),
+        ) from error
     if not isinstance(model, keras.Model):
-        raise UsageError(f"--model={name!r} returned {type(model).__name__}, not a "
-                         "keras.Model: the builder must return a model")
+        raise UsageError(
+            f"--model={name!r} returned {type(model).__name__}, not a "
+            "keras.Model: the builder must return a model"
+        )
     check_fits_task(name, model, input_shape, num_classes)
     return model
 
@@ -180,22 +194,31 @@ def _builder(name: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise UsageError(f"--model={name!r} does not import ({type(error).__name__}: "
-                         f"{error}); give 'package.module:function' of a builder "
-                         "(input_shape, num_classes) -> keras.Model on PYTHONPATH") from None
+        raise UsageError(
+            f"--model={name!r} does not import ({type(error).__name__}: "
+            f"{error}); give 'package.module:function' of a builder "
+            "(input_shape, num_classes) -> keras.Model on PYTHONPATH"
+        ) from None
     except Exception as error:  # the user's module itself raised while importing
-        raise UserCodeError(f"--model={name!r}: importing {module_name} raised "
-                            f"{type(error).__name__}: {_one_line(error)} (its traceback is "
-                            "above)", _user_frames(error)) from error
+        raise UserCodeError(
+            f"--model={name!r}: importing {module_name} raised "
+            f"{type(error).__name__}: {_one_line(error)} (its traceback is "
+            "above)",
+            _user_frames(error),
+        ) from error
     try:
         builder = getattr(module, function_name)
     except AttributeError as error:
-        raise UsageError(f"--model={name!r} does not import (AttributeError: {error}); give "
-                         "'package.module:function' of a builder (input_shape, num_classes) "
-                         "-> keras.Model on PYTHONPATH") from None
+        raise UsageError(
+            f"--model={name!r} does not import (AttributeError: {error}); give "
+            "'package.module:function' of a builder (input_shape, num_classes) "
+            "-> keras.Model on PYTHONPATH"
+        ) from None
     if not callable(builder):
-        raise UsageError(f"--model={name!r} names a {type(builder).__name__}, not a builder "
-                         "function (input_shape, num_classes) -> keras.Model")
+        raise UsageError(
+            f"--model={name!r} names a {type(builder).__name__}, not a builder "
+            "function (input_shape, num_classes) -> keras.Model"
+        )
     try:
         signature = inspect.signature(builder)
     except (TypeError, ValueError):  # some built-ins have none: calling them tells
@@ -203,37 +226,44 @@ def _builder(name: str) -> Callable:
     try:
         signature.bind(("input_shape",), "num_classes")
     except TypeError:
-        raise UsageError(f"--model={name!r} takes ({', '.join(signature.parameters)}), not "
-                         "a builder (input_shape, num_classes) -> keras.Model") from None
+        raise UsageError(
+            f"--model={name!r} takes ({', '.join(signature.parameters)}), not "
+            "a builder (input_shape, num_classes) -> keras.Model"
+        ) from None
     return builder
 
 
-def check_fits_task(name: str, model: keras.Model, input_shape: tuple,
-                    num_classes: int) -> None:
+def check_fits_task(name: str, model: keras.Model, input_shape: tuple, num_classes: int) -> None:
     """Raises UsageError unless `model`, called on a batch of the task's input
     (int32 tokens [batch, *input_shape]), gives one output [batch, units] with the
     head's units (1 for the binary task, else `num_classes`) and has trainable weights."""
     units = 1 if num_classes == 2 else num_classes
-    head = ("one sigmoid unit for the binary task" if num_classes == 2
-            else f"a softmax over {num_classes} classes")
+    head = (
+        "one sigmoid unit for the binary task"
+        if num_classes == 2
+        else f"a softmax over {num_classes} classes"
+    )
     needed = f"one output [batch, {units}] ({head})"
     batch = np.zeros((2, *input_shape), dtype=np.int32)
     try:
         outputs = tf.nest.flatten(model(batch, training=False))
     except Exception as error:  # noqa: BLE001 - a model that cannot take the input
-        raise UsageError(f"--model={name!r}: the model fails on the task's input (int32 "
-                         f"[batch, {', '.join(map(str, input_shape))}]): "
-                         f"{type(error).__name__}: {_one_line(error)}") from None
+        raise UsageError(
+            f"--model={name!r}: the model fails on the task's input (int32 "
+            f"[batch, {', '.join(map(str, input_shape))}]): "
+            f"{type(error).__name__}: {_one_line(error)}"
+        ) from None
     if len(outputs) != 1:
-        raise UsageError(f"--model={name!r} has {len(outputs)} outputs; the task needs "
-                         f"{needed}")
+        raise UsageError(f"--model={name!r} has {len(outputs)} outputs; the task needs {needed}")
     shape = tuple(outputs[0].shape)
     if shape != (batch.shape[0], units):
         given = ", ".join(["batch", *map(str, shape[1:])])
         raise UsageError(f"--model={name!r} outputs [{given}]; the task needs {needed}")
     if not model.trainable_weights:
-        raise UsageError(f"--model={name!r} has no trainable weights: there is nothing to "
-                         "train (are all its layers frozen, trainable=False?)")
+        raise UsageError(
+            f"--model={name!r} has no trainable weights: there is nothing to "
+            "train (are all its layers frozen, trainable=False?)"
+        )
 
 
 def _is_user_code(builder: Callable) -> bool:
@@ -246,8 +276,11 @@ def _is_user_code(builder: Callable) -> bool:
     if path.startswith("<"):  # frozen modules (os.path), exec'd strings
         return False
     path = os.path.realpath(path)
-    libraries = {os.path.realpath(folder) for key, folder in sysconfig.get_paths().items()
-                 if key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    libraries = {
+        os.path.realpath(folder)
+        for key, folder in sysconfig.get_paths().items()
+        if key in ("stdlib", "platstdlib", "purelib", "platlib")
+    }
     return not any(path.startswith(folder + os.sep) for folder in libraries)
 
 
@@ -255,8 +288,10 @@ def _user_frames(error: BaseException) -> str:
     """`error`'s traceback from the first frame that is not the harness's own."""
     tb = error.__traceback__
     # The harness's frames, then (for an import) importlib's, lead to the user's code.
-    while tb is not None and (tb.tb_frame.f_code.co_filename in _HARNESS_FILES
-                              or tb.tb_frame.f_code.co_filename.startswith(_IMPORTLIB)):
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename in _HARNESS_FILES
+        or tb.tb_frame.f_code.co_filename.startswith(_IMPORTLIB)
+    ):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(error), error, tb))
 

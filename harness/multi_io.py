@@ -6,8 +6,6 @@ Everything the task needs lives here: the model, its offline synthetic data
 (whose targets really depend on the inputs), and its losses and metrics.
 """
 
-from typing import Optional
-
 import keras
 import numpy as np
 from keras import layers
@@ -35,33 +33,44 @@ def build(max_len: int, num_departments: int, num_words: int) -> keras.Model:
     title = keras.Input(shape=(title_length(max_len),), dtype="int32", name="title")
     body = keras.Input(shape=(max_len,), dtype="int32", name="body")
     tags = keras.Input(shape=(NUM_TAGS,), name="tags")
-    title_features = layers.GlobalMaxPool1D()(layers.Conv1D(16, 3, activation="relu")(
-        layers.Embedding(num_words, 16)(title)))
-    body_features = layers.GlobalMaxPool1D()(layers.Conv1D(32, 5, activation="relu")(
-        layers.Embedding(num_words, 16)(body)))
+    title_features = layers.GlobalMaxPool1D()(
+        layers.Conv1D(16, 3, activation="relu")(layers.Embedding(num_words, 16)(title))
+    )
+    body_features = layers.GlobalMaxPool1D()(
+        layers.Conv1D(32, 5, activation="relu")(layers.Embedding(num_words, 16)(body))
+    )
     tag_features = layers.Dense(16, activation="relu")(tags)
     features = layers.Concatenate()([title_features, body_features, tag_features])
     priority = layers.Dense(1, activation="sigmoid", name="priority", dtype="float32")(features)
-    department = layers.Dense(num_departments, activation="softmax", name="department",
-                              dtype="float32")(features)
-    return keras.Model({"title": title, "body": body, "tags": tags},
-                       {"priority": priority, "department": department}, name="multi_io")
+    department = layers.Dense(
+        num_departments, activation="softmax", name="department", dtype="float32"
+    )(features)
+    return keras.Model(
+        {"title": title, "body": body, "tags": tags},
+        {"priority": priority, "department": department},
+        name="multi_io",
+    )
 
 
-def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int, num_departments: int,
-              seed: int) -> data.Splits:
+def synthetic(
+    *, num_examples: int | None, num_words: int, max_len: int, num_departments: int, seed: int
+) -> data.Splits:
     """Tickets whose department is carried by keywords in the title and body (as in
     the single-input synthetic data) and whose priority is set by urgent tags (an
     urgent ticket's title also says so, with the word URGENT_WORD)."""
-    tokens = data.synthetic(num_examples=num_examples, num_words=num_words,
-                            max_len=max_len + title_length(max_len),
-                            num_classes=num_departments, seed=seed)
+    tokens = data.synthetic(
+        num_examples=num_examples,
+        num_words=num_words,
+        max_len=max_len + title_length(max_len),
+        num_classes=num_departments,
+        seed=seed,
+    )
     rng = np.random.default_rng(seed + 1)
 
     def tickets(x: np.ndarray, y: np.ndarray):
         tags = (rng.random((len(y), NUM_TAGS)) < 0.15).astype(np.float32)
         urgent = tags[:, URGENT_TAGS].max(axis=1)
-        title = x[:, -title_length(max_len):].copy()
+        title = x[:, -title_length(max_len) :].copy()
         title[urgent == 1, :2] = URGENT_WORD
         inputs = {"title": title, "body": x[:, :max_len], "tags": tags}
         return inputs, {"priority": urgent[:, None], "department": y}
@@ -71,8 +80,9 @@ def synthetic(*, num_examples: Optional[int], num_words: int, max_len: int, num_
     return data.Splits(x_train, y_train, x_val, y_val, num_departments)
 
 
-def compile_args(num_departments: int, metric_names: tuple,
-                 loss_weights: dict) -> tuple[dict, list]:
+def compile_args(
+    num_departments: int, metric_names: tuple, loss_weights: dict
+) -> tuple[dict, list]:
     """`model.compile` arguments and the log keys they produce.
 
     Each output gets its loss and weight, and each requested metric (default:
@@ -87,16 +97,25 @@ def compile_args(num_departments: int, metric_names: tuple,
     metrics = {output: [] for output in heads}
     for name in names:
         if name not in task.METRICS:
-            raise ValueError(f"--metrics: unknown metric {name!r}; choose from "
-                             f"{', '.join(task.METRICS)}")
+            raise ValueError(
+                f"--metrics: unknown metric {name!r}; choose from {', '.join(task.METRICS)}"
+            )
         outputs = [output for output, classes in heads.items() if task.applies(name, classes)]
         if not outputs:
-            raise ValueError(f"--metrics: {name!r} applies to neither output of multi_io; "
-                             f"choose from {', '.join(task.METRICS)}")
+            raise ValueError(
+                f"--metrics: {name!r} applies to neither output of multi_io; "
+                f"choose from {', '.join(task.METRICS)}"
+            )
         for output in outputs:
             metrics[output] += task.metrics(heads[output], (name,))
-    keys = ["loss", *(f"{output}_loss" for output in heads),
-            *(f"{output}_{metric.name}" for output in heads for metric in metrics[output])]
-    args = {"loss": {output: task.loss(classes) for output, classes in heads.items()},
-            "loss_weights": {**DEFAULT_LOSS_WEIGHTS, **loss_weights}, "metrics": metrics}
+    keys = [
+        "loss",
+        *(f"{output}_loss" for output in heads),
+        *(f"{output}_{metric.name}" for output in heads for metric in metrics[output]),
+    ]
+    args = {
+        "loss": {output: task.loss(classes) for output, classes in heads.items()},
+        "loss_weights": {**DEFAULT_LOSS_WEIGHTS, **loss_weights},
+        "metrics": metrics,
+    }
     return args, keys

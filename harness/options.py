@@ -11,7 +11,8 @@ the flag, the value received and what is allowed.
 import dataclasses
 import math
 import typing
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from harness.errors import UsageError
 
@@ -22,9 +23,17 @@ MAX_INT = 2**31 - 1
 Check = Callable[[str, Any], None]
 
 
-def option(default: Any, help: str, *, group: str, choices: tuple = (),
-           parse: Optional[Callable[[str], Any]] = None, checks: tuple = (),
-           maximum: int = MAX_INT, shown: Optional[str] = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    choices: tuple = (),
+    parse: Callable[[str], Any] | None = None,
+    checks: tuple = (),
+    maximum: int = MAX_INT,
+    shown: str | None = None,
+) -> Any:
     """A `Config` field declaring its flag.
 
     Args:
@@ -39,9 +48,18 @@ def option(default: Any, help: str, *, group: str, choices: tuple = (),
         maximum: the largest whole number allowed (each one of a tuple too).
         shown: the README's default column, where the default alone says too little.
     """
-    return dataclasses.field(default=default, metadata={
-        "help": help, "group": group, "choices": choices, "parse": parse, "checks": checks,
-        "maximum": maximum, "shown": shown})
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "group": group,
+            "choices": choices,
+            "parse": parse,
+            "checks": checks,
+            "maximum": maximum,
+            "shown": shown,
+        },
+    )
 
 
 def help_text(field: dataclasses.Field) -> str:
@@ -79,8 +97,9 @@ def check_field(field: dataclasses.Field, value: Any) -> None:
         raise UsageError(f"--{name}={value!r} is not allowed: use one of {', '.join(choices)}")
     for number in value if isinstance(value, tuple) else (value,):
         if _is_whole(number) and number > field.metadata["maximum"]:
-            raise UsageError(f"--{name}={number} is not allowed: it must be at most "
-                             f"{field.metadata['maximum']}")
+            raise UsageError(
+                f"--{name}={number} is not allowed: it must be at most {field.metadata['maximum']}"
+            )
     for check in field.metadata["checks"]:
         check(name, value)
 
@@ -96,8 +115,9 @@ def positive(name: str, value: float) -> None:
 def off_or_positive(name: str, value: int) -> None:
     """0 for off, or a positive number."""
     if value < 0:
-        raise UsageError(f"--{name}={value} is not allowed: it must be 0 (off) or a "
-                         "positive number")
+        raise UsageError(
+            f"--{name}={value} is not allowed: it must be 0 (off) or a positive number"
+        )
 
 
 def non_negative(name: str, value: int) -> None:
@@ -109,16 +129,19 @@ def non_negative(name: str, value: int) -> None:
 def threads(name: str, value: int) -> None:
     """0 for TensorFlow's choice, or a number of threads."""
     if value < 0:
-        raise UsageError(f"--{name}={value} is not allowed: it must be 0 (TensorFlow's "
-                         "choice) or a positive number of threads")
+        raise UsageError(
+            f"--{name}={value} is not allowed: it must be 0 (TensorFlow's "
+            "choice) or a positive number of threads"
+        )
 
 
 def at_least(low: int, why: str) -> Check:
     """A check that the value is at least `low`, for the reason `why`."""
+
     def check(name: str, value: int) -> None:
         if value < low:
-            raise UsageError(f"--{name}={value} is not allowed: it must be at least {low} "
-                             f"({why})")
+            raise UsageError(f"--{name}={value} is not allowed: it must be at least {low} ({why})")
+
     return check
 
 
@@ -135,8 +158,10 @@ def parse_int_list(flag: str, text: str) -> tuple:
     try:
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UsageError(f"--{flag}={text!r} is not allowed: give comma-separated whole "
-                         "numbers, e.g. 5,8 (or an empty value to disable)") from None
+        raise UsageError(
+            f"--{flag}={text!r} is not allowed: give comma-separated whole "
+            "numbers, e.g. 5,8 (or an empty value to disable)"
+        ) from None
     return values
 
 

@@ -16,8 +16,10 @@ def startup(config, run_dir: str, splits, steps_per_epoch: int, schedule) -> str
         f"harness: run directory {run_dir}",
     ]
     if schedule.initial_epoch or schedule.initial_step_in_epoch:
-        lines.append(f"harness: resuming at epoch {schedule.initial_epoch + 1}, "
-                     f"step {schedule.initial_step_in_epoch + 1} of the epoch")
+        lines.append(
+            f"harness: resuming at epoch {schedule.initial_epoch + 1}, "
+            f"step {schedule.initial_step_in_epoch + 1} of the epoch"
+        )
     return "\n".join(lines)
 
 
@@ -33,16 +35,23 @@ def summary(history: dict, run_dir: str, logdir: str) -> str:
         rows.append((name, _fmt(values[-1]), _fmt(values[best]), str(history["epoch"][best])))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(["", *table, "",
-                      f"Run directory: {run_dir}",
-                      f"See it in TensorBoard: {tensorboard_command(logdir)}"])
+    return "\n".join(
+        [
+            "",
+            *table,
+            "",
+            f"Run directory: {run_dir}",
+            f"See it in TensorBoard: {tensorboard_command(logdir)}",
+        ]
+    )
 
 
 def tensorboard_command(logdir: str) -> str:
     """A shell command that serves `logdir` with the TensorBoard of this interpreter
     (a `tensorboard` on PATH may be missing or another install's)."""
-    return shlex.join([sys.executable, "-m", "tensorboard.main", "--logdir", logdir,
-                       "--host", "127.0.0.1"])
+    return shlex.join(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1"]
+    )
 
 
 def higher_is_better(metric: str) -> bool:

@@ -33,36 +33,44 @@ from harness import config as config_lib
 from harness import options, rundir
 from harness.errors import HarnessError, RunInterrupted, UsageError
 
-_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-           bool: flags.DEFINE_bool}
+_DEFINE = {
+    str: flags.DEFINE_string,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    bool: flags.DEFINE_bool,
+}
 _FIELDS = dataclasses.fields(config_lib.Config)
 for _field in _FIELDS:  # one flag per Config field, typed, with its default and help
     _DEFINE[options.flag_kind(_field, config_lib.Config)](
-        _field.name, options.flag_default(_field), options.help_text(_field))
+        _field.name, options.flag_default(_field), options.help_text(_field)
+    )
 
 FLAGS = flags.FLAGS
 
 
 def _config() -> config_lib.Config:
     """The validated `Config` the flags give, named now if --run_name is unset."""
-    config = config_lib.Config(**{field.name: options.from_flag(field, FLAGS[field.name].value)
-                                  for field in _FIELDS})
+    config = config_lib.Config(
+        **{field.name: options.from_flag(field, FLAGS[field.name].value) for field in _FIELDS}
+    )
     if not config.run_name and not config.resume:  # --resume needs one: validate() says so
         config = dataclasses.replace(
-            config, run_name=rundir.default_run_name(config, datetime.datetime.now()))
+            config, run_name=rundir.default_run_name(config, datetime.datetime.now())
+        )
     return config.validate()
 
 
 def main(argv) -> int:
     if len(argv) > 1:
-        raise UsageError(f"unexpected arguments {' '.join(argv[1:])!r}: "
-                         "all options are --flags (see --helpfull)")
+        raise UsageError(
+            f"unexpected arguments {' '.join(argv[1:])!r}: all options are --flags (see --helpfull)"
+        )
     config = _config()
     run_dir = rundir.plan(config)  # the run directory's checks too, before TensorFlow loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info/warnings
     logging.set_verbosity(logging.WARNING)
     with _stderr_silenced():  # TF's C++ start-up lines, printed before its logging is set
-        from harness.train import train
+        from harness.training import train
     train(config, run_dir=run_dir)
     return 0
 
@@ -93,10 +101,14 @@ def _parse_flags(argv: list) -> list:
 
 def resume_command(argv: list, run_name: str) -> str:
     """The command that continues run `run_name`: `argv` with --resume and its name."""
-    kept = [arg for arg in argv[1:] if not arg.startswith(("--run_name", "--resume",
-                                                            "--noresume", "--overwrite"))]
-    return shlex.join([sys.executable, "-m", "harness.run", *kept, f"--run_name={run_name}",
-                       "--resume"])
+    kept = [
+        arg
+        for arg in argv[1:]
+        if not arg.startswith(("--run_name", "--resume", "--noresume", "--overwrite"))
+    ]
+    return shlex.join(
+        [sys.executable, "-m", "harness.run", *kept, f"--run_name={run_name}", "--resume"]
+    )
 
 
 def _main_or_exit(argv) -> None:

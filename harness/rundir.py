@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 
-from callbacks import files
+from harness.callbacks import files
 from harness.config import Config
 from harness.errors import UsageError
 
@@ -27,8 +27,18 @@ BEST_MODEL_FILE = "best.keras"
 LOCK_FILE = ".harness.lock"
 # Flags a resumed run must share with the saved run: they define the model,
 # the data or the order of the batches.
-RESUME_MUST_MATCH = ("model", "dataset", "num_words", "max_len", "num_classes",
-                     "num_examples", "seed", "batch_size", "optimizer", "steps_per_epoch")
+RESUME_MUST_MATCH = (
+    "model",
+    "dataset",
+    "num_words",
+    "max_len",
+    "num_classes",
+    "num_examples",
+    "seed",
+    "batch_size",
+    "optimizer",
+    "steps_per_epoch",
+)
 
 
 def default_run_name(config: Config, now: datetime.datetime) -> str:
@@ -49,8 +59,10 @@ def check_logdir(logdir: str) -> None:
         existing = os.path.dirname(existing)
     existing = existing or "."
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--logdir={logdir!r} cannot be written ({existing} is not a "
-                         "writable folder): choose another --logdir")
+        raise UsageError(
+            f"--logdir={logdir!r} cannot be written ({existing} is not a "
+            "writable folder): choose another --logdir"
+        )
 
 
 def path(config: Config) -> str:
@@ -72,8 +84,10 @@ def plan(config: Config) -> str:
             is not a folder directly inside it (e.g. a symlink out of it).
     """
     if config.resume and not config.run_name:  # also caught by Config.validate()
-        raise UsageError("--resume needs --run_name naming the run to continue "
-                         f"(a folder under --logdir={config.logdir})")
+        raise UsageError(
+            "--resume needs --run_name naming the run to continue "
+            f"(a folder under --logdir={config.logdir})"
+        )
     run_name = config.run_name or default_run_name(config, datetime.datetime.now())
     run_dir = os.path.join(config.logdir, run_name)
     check_logdir(config.logdir)
@@ -81,15 +95,20 @@ def plan(config: Config) -> str:
     exists = _is_run(run_dir)
     if config.resume:
         if not os.path.isfile(os.path.join(run_dir, FLAGS_FILE)):
-            raise UsageError(f"--resume: {run_dir} is no run (no {FLAGS_FILE}): there are no "
-                             "checkpoints to resume from; start it without --resume")
+            raise UsageError(
+                f"--resume: {run_dir} is no run (no {FLAGS_FILE}): there are no "
+                "checkpoints to resume from; start it without --resume"
+            )
         _check_same_flags(config, run_dir)
         epochs = recorded_epochs(run_dir)
-        if epochs and not glob.glob(os.path.join(glob.escape(run_dir), CHECKPOINT_DIR,
-                                                 "ckpt-*.index")):
-            raise UsageError(f"--resume: no usable checkpoint in {run_dir}, although its "
-                             f"{HISTORY_FILE} records {epochs} epochs; start a new run "
-                             "(another --run_name) without --resume")
+        if epochs and not glob.glob(
+            os.path.join(glob.escape(run_dir), CHECKPOINT_DIR, "ckpt-*.index")
+        ):
+            raise UsageError(
+                f"--resume: no usable checkpoint in {run_dir}, although its "
+                f"{HISTORY_FILE} records {epochs} epochs; start a new run "
+                "(another --run_name) without --resume"
+            )
     elif exists and not config.overwrite:
         raise _exists_error(run_dir)
     return run_dir
@@ -110,9 +129,11 @@ class Claim:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.release()
-            raise UsageError(f"run directory {run_dir} is in use by another process that "
-                             "is writing it: wait for that run to end, or choose another "
-                             "--run_name") from None
+            raise UsageError(
+                f"run directory {run_dir} is in use by another process that "
+                "is writing it: wait for that run to end, or choose another "
+                "--run_name"
+            ) from None
 
     def release(self) -> None:
         """Drops the claim (closing the file releases the lock)."""
@@ -175,22 +196,30 @@ def _check_inside_logdir(logdir: str, run_dir: str) -> None:
     ('..', a symlink out of it), so that --overwrite deletes nothing else."""
     resolved = os.path.realpath(run_dir)
     if os.path.dirname(resolved) != os.path.realpath(logdir):
-        raise UsageError(f"run directory {run_dir} resolves to {resolved}, not to a folder "
-                         f"directly inside --logdir={logdir!r}: choose another --run_name")
+        raise UsageError(
+            f"run directory {run_dir} resolves to {resolved}, not to a folder "
+            f"directly inside --logdir={logdir!r}: choose another --run_name"
+        )
 
 
 def _exists_error(run_dir: str) -> UsageError:
-    return UsageError(f"run directory {run_dir} already exists: pass --resume to "
-                      "continue it, --overwrite to replace it, or another --run_name")
+    return UsageError(
+        f"run directory {run_dir} already exists: pass --resume to "
+        "continue it, --overwrite to replace it, or another --run_name"
+    )
 
 
 def _write_error(config: Config, run_dir: str, error: OSError) -> UsageError:
     """The message for a run directory that cannot be written, blaming the right flag."""
     if error.errno == errno.ENAMETOOLONG:
-        return UsageError(f"run directory {run_dir} is a name the file system rejects "
-                          f"({error.strerror}): choose a shorter --run_name or --logdir")
-    return UsageError(f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
-                      f"{run_dir}); choose another --logdir")
+        return UsageError(
+            f"run directory {run_dir} is a name the file system rejects "
+            f"({error.strerror}): choose a shorter --run_name or --logdir"
+        )
+    return UsageError(
+        f"--logdir={config.logdir!r} cannot be written ({error.strerror}: "
+        f"{run_dir}); choose another --logdir"
+    )
 
 
 def save_flags(config: Config, run_dir: str) -> None:
@@ -222,10 +251,12 @@ def recorded_epochs(run_dir: str) -> int:
     history = _read_record(path, "history")
     epochs = history.get("epoch")
     if not isinstance(epochs, list) or any(
-            not isinstance(values, list) or len(values) != len(epochs)
-            for values in history.values()):
-        raise UsageError(f"--resume: {path} is damaged (not the per-epoch lists the harness "
-                         "writes); restore it from a backup, or start a new run")
+        not isinstance(values, list) or len(values) != len(epochs) for values in history.values()
+    ):
+        raise UsageError(
+            f"--resume: {path} is damaged (not the per-epoch lists the harness "
+            "writes); restore it from a backup, or start a new run"
+        )
     return len(epochs)
 
 
@@ -234,12 +265,16 @@ def _read_record(path: str, what: str) -> dict:
     try:
         value = read_json(path)
     except (OSError, ValueError) as error:
-        raise UsageError(f"--resume: {path} is unreadable ({error}), so the run's {what} is "
-                         "unknown; restore it from a backup, or start a new run") from None
+        raise UsageError(
+            f"--resume: {path} is unreadable ({error}), so the run's {what} is "
+            "unknown; restore it from a backup, or start a new run"
+        ) from None
     if not isinstance(value, dict):
-        raise UsageError(f"--resume: {path} is damaged (a JSON {type(value).__name__}, not "
-                         f"an object), so the run's {what} is unknown; restore it from a "
-                         "backup, or start a new run")
+        raise UsageError(
+            f"--resume: {path} is damaged (a JSON {type(value).__name__}, not "
+            f"an object), so the run's {what} is unknown; restore it from a "
+            "backup, or start a new run"
+        )
     return value
 
 
@@ -247,6 +282,8 @@ def _check_same_flags(config: Config, run_dir: str) -> None:
     saved = _read_record(os.path.join(run_dir, FLAGS_FILE), "flags")
     for name in RESUME_MUST_MATCH:
         if saved.get(name) != getattr(config, name):
-            raise UsageError(f"--resume: --{name}={getattr(config, name)!r} contradicts "
-                             f"the saved run's {saved.get(name)!r}; resume with the same "
-                             f"--{name} or start a new run")
+            raise UsageError(
+                f"--resume: --{name}={getattr(config, name)!r} contradicts "
+                f"the saved run's {saved.get(name)!r}; resume with the same "
+                f"--{name} or start a new run"
+            )

@@ -4,15 +4,18 @@ Every loop uses these same definitions, so `fit`, `train_on_batch` and `tape`
 report the same `logs` keys (`loss`, `accuracy`, ... and `val_`-prefixed ones).
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 _OPTIMIZERS = {
-    "nadam": keras.optimizers.Nadam, "adam": keras.optimizers.Adam,
-    "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
-    "adagrad": keras.optimizers.Adagrad, "adadelta": keras.optimizers.Adadelta,
+    "nadam": keras.optimizers.Nadam,
+    "adam": keras.optimizers.Adam,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+    "adagrad": keras.optimizers.Adagrad,
+    "adadelta": keras.optimizers.Adadelta,
     "ftrl": keras.optimizers.Ftrl,
 }
 
@@ -28,14 +31,22 @@ def loss(num_classes: int) -> keras.losses.Loss:
 # where the metric does not apply to that task.
 _BINARY, _CATEGORICAL = 0, 1
 METRICS = {
-    "accuracy": (lambda: keras.metrics.BinaryAccuracy(name="accuracy"),
-                 lambda: keras.metrics.SparseCategoricalAccuracy(name="accuracy")),
-    "top5_accuracy": (None, lambda: keras.metrics.SparseTopKCategoricalAccuracy(
-        k=5, name="top5_accuracy")),
-    "top3_accuracy": (None, lambda: keras.metrics.SparseTopKCategoricalAccuracy(
-        k=3, name="top3_accuracy")),
-    "crossentropy": (lambda: keras.metrics.BinaryCrossentropy(name="crossentropy"),
-                     lambda: keras.metrics.SparseCategoricalCrossentropy(name="crossentropy")),
+    "accuracy": (
+        lambda: keras.metrics.BinaryAccuracy(name="accuracy"),
+        lambda: keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+    ),
+    "top5_accuracy": (
+        None,
+        lambda: keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+    ),
+    "top3_accuracy": (
+        None,
+        lambda: keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3_accuracy"),
+    ),
+    "crossentropy": (
+        lambda: keras.metrics.BinaryCrossentropy(name="crossentropy"),
+        lambda: keras.metrics.SparseCategoricalCrossentropy(name="crossentropy"),
+    ),
     "auc": (lambda: keras.metrics.AUC(name="auc"), None),
     "precision": (lambda: keras.metrics.Precision(name="precision"), None),
     "recall": (lambda: keras.metrics.Recall(name="recall"), None),
@@ -59,13 +70,16 @@ def metric_names(num_classes: int, names: Sequence[str] = ()) -> tuple:
     names = tuple(names) or DEFAULT_METRICS[task]
     for name in names:
         if name not in METRICS:
-            raise ValueError(f"--metrics: unknown metric {name!r}; choose from "
-                             f"{', '.join(METRICS)}")
+            raise ValueError(
+                f"--metrics: unknown metric {name!r}; choose from {', '.join(METRICS)}"
+            )
         if METRICS[name][task] is None:
             fitting = [n for n, makers in METRICS.items() if makers[task] is not None]
-            raise ValueError(f"--metrics: {name!r} does not apply to a "
-                             f"{'binary' if task == _BINARY else f'{num_classes}-class'} "
-                             f"task; choose from {', '.join(fitting)}")
+            raise ValueError(
+                f"--metrics: {name!r} does not apply to a "
+                f"{'binary' if task == _BINARY else f'{num_classes}-class'} "
+                f"task; choose from {', '.join(fitting)}"
+            )
     return names
 
 
@@ -82,8 +96,9 @@ def compile_args(num_classes: int, names: Sequence[str] = ()) -> tuple[dict, lis
     return {"loss": loss(num_classes), "metrics": metrics(num_classes, names)}, ["loss", *names]
 
 
-def optimizer(name: str, learning_rate: float,
-              clip_norm: Optional[float] = None) -> keras.optimizers.Optimizer:
+def optimizer(
+    name: str, learning_rate: float, clip_norm: float | None = None
+) -> keras.optimizers.Optimizer:
     """The named optimizer. `clip_norm` clips each gradient by its own norm,
     like `tf.clip_by_norm(g, clip_norm)` in the old tf.train recipe."""
     return _OPTIMIZERS[name](learning_rate=learning_rate, clipnorm=clip_norm)

@@ -18,11 +18,9 @@ def count_traces(model: keras.Model) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
     compute_loss = model.compute_loss
 
-    def counting_compute_loss(x=None, y=None, y_pred=None, sample_weight=None,
-                              training=True):
+    def counting_compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
         counts["train" if training else "test"] += 1
-        return compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                            training=training)
+        return compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
 
     model.compute_loss = counting_compute_loss
     return counts

@@ -7,7 +7,7 @@
   epoch), and a `train_on_batch` loop.
 - The compute ceiling: the tape step run `steps` times on one in-memory batch,
   inside a `tf.range` loop in one `tf.function`.
-- The harness: `harness.train.train(Config(...))` in any mode, timed by one more
+- The harness: `harness.train(Config(...))` in any mode, timed by one more
   callback (`InterleavedCeiling` runs the ceiling between its executions).
 
 Every variant returns one record per epoch: its training examples and seconds
@@ -25,10 +25,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from callbacks import events
-from harness import data, models, task, tracing
+from harness import data, models, task, tracing, train
+from harness.callbacks import events
 from harness.config import Config
-from harness.train import train
 
 SEED = Config.seed
 
@@ -40,8 +39,11 @@ def memory_mb() -> dict:
     """Resident memory now (`rss`) and its high-water mark (`hwm`), in MB, from
     /proc/self/status (not ru_maxrss, which a child inherits across fork+exec)."""
     with open("/proc/self/status") as status:
-        return {line[2:5].lower(): int(line.split()[1]) / 1024 for line in status
-                if line.startswith(("VmRSS:", "VmHWM:"))}
+        return {
+            line[2:5].lower(): int(line.split()[1]) / 1024
+            for line in status
+            if line.startswith(("VmRSS:", "VmHWM:"))
+        }
 
 
 def reset_peak_memory() -> bool:
@@ -79,12 +81,12 @@ class Clocks:
             start = time.perf_counter()
             hook(callbacks, batch, logs)
             self.hooks += time.perf_counter() - start
+
         return timed
 
     def now(self) -> tuple:
         """(wall, CPU, GC seconds, full collections, hook seconds) so far."""
-        return (time.perf_counter(), time.process_time(), self.gc_seconds, self.full,
-                self.hooks)
+        return (time.perf_counter(), time.process_time(), self.gc_seconds, self.full, self.hooks)
 
 
 CLOCKS = Clocks()
@@ -108,12 +110,19 @@ class Recorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         self.on_test_begin()
-        wall, cpu, gc_seconds, full, hooks = (b - a for a, b in zip(self._begin,
-                                                                    self._train_end))
-        self.epochs.append({"examples": int(self.examples(epoch)), "train_seconds": wall,
-                            "train_cpu_seconds": cpu, "gc_seconds": gc_seconds,
-                            "full_collections": full, "hook_seconds": hooks,
-                            "traces": dict(self.traces() or {}), "rss_mb": memory_mb()["rss"]})
+        wall, cpu, gc_seconds, full, hooks = (b - a for a, b in zip(self._begin, self._train_end))
+        self.epochs.append(
+            {
+                "examples": int(self.examples(epoch)),
+                "train_seconds": wall,
+                "train_cpu_seconds": cpu,
+                "gc_seconds": gc_seconds,
+                "full_collections": full,
+                "hook_seconds": hooks,
+                "traces": dict(self.traces() or {}),
+                "rss_mb": memory_mb()["rss"],
+            }
+        )
 
 
 # --- Baselines and ceiling --------------------------------------------------------------
@@ -121,17 +130,27 @@ class Recorder(keras.callbacks.Callback):
 
 def load(dataset: str, data_dir, *, num_examples, num_words: int, max_len: int) -> data.Splits:
     """The harness's own data for these settings (46 Reuters classes)."""
-    return data.load(dataset, num_words=num_words, max_len=max_len, seed=SEED,
-                     num_classes=46, num_examples=num_examples, data_dir=data_dir)
+    return data.load(
+        dataset,
+        num_words=num_words,
+        max_len=max_len,
+        seed=SEED,
+        num_classes=46,
+        num_examples=num_examples,
+        data_dir=data_dir,
+    )
 
 
 def _datasets(splits: data.Splits, batch_size: int, *, endless: bool = False) -> tuple:
     """Tutorial-style cache -> shuffle -> batch -> prefetch, and the validation set."""
-    train_set = (tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train)).cache()
-                 .shuffle(splits.train_size, seed=SEED).batch(batch_size))
+    train_set = (
+        tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train))
+        .cache()
+        .shuffle(splits.train_size, seed=SEED)
+        .batch(batch_size)
+    )
     train_set = (train_set.repeat() if endless else train_set).prefetch(tf.data.AUTOTUNE)
-    return train_set, data.validation_dataset(splits.x_val, splits.y_val,
-                                              batch_size=batch_size)
+    return train_set, data.validation_dataset(splits.x_val, splits.y_val, batch_size=batch_size)
 
 
 def _model(splits: data.Splits, num_words: int, *, compiled: bool) -> keras.Model:
@@ -144,20 +163,25 @@ def _model(splits: data.Splits, num_words: int, *, compiled: bool) -> keras.Mode
     return model
 
 
-def _fit(splits: data.Splits, batch_size: int, epochs: int, num_words: int, *,
-         endless: bool) -> list:
+def _fit(
+    splits: data.Splits, batch_size: int, epochs: int, num_words: int, *, endless: bool
+) -> list:
     model = _model(splits, num_words, compiled=True)
     counts = tracing.count_traces(model)
     recorder = Recorder(lambda: counts, lambda _: splits.train_size)
     train_set, validation = _datasets(splits, batch_size, endless=endless)
-    model.fit(train_set, epochs=epochs, validation_data=validation, verbose=0,
-              steps_per_epoch=math.ceil(splits.train_size / batch_size) if endless else None,
-              callbacks=[recorder])
+    model.fit(
+        train_set,
+        epochs=epochs,
+        validation_data=validation,
+        verbose=0,
+        steps_per_epoch=math.ceil(splits.train_size / batch_size) if endless else None,
+        callbacks=[recorder],
+    )
     return recorder.epochs
 
 
-def bare_train_on_batch(splits: data.Splits, batch_size: int, epochs: int,
-                        num_words: int) -> list:
+def bare_train_on_batch(splits: data.Splits, batch_size: int, epochs: int, num_words: int) -> list:
     """A `train_on_batch` / `test_on_batch` loop."""
     model = _model(splits, num_words, compiled=True)
     counts = tracing.count_traces(model)
@@ -171,8 +195,7 @@ def bare_train_on_batch(splits: data.Splits, batch_size: int, epochs: int,
         for x, y in validation:
             model.test_on_batch(x, y)
 
-    return _epochs(Recorder(lambda: counts, lambda _: splits.train_size), epochs, epoch,
-                   validate)
+    return _epochs(Recorder(lambda: counts, lambda _: splits.train_size), epochs, epoch, validate)
 
 
 class TapeStep:
@@ -211,16 +234,18 @@ class TapeStep:
 
     def in_a_loop(self) -> Callable:
         """A compiled `tf.range` loop of train steps on `batches()` (a batch or an iterator)."""
+
         @tf.function
         def run_steps(batches, count):
             for _ in tf.range(count):
-                self.train(*(next(batches) if isinstance(batches, tf.data.Iterator)
-                             else batches))
+                self.train(*(next(batches) if isinstance(batches, tf.data.Iterator) else batches))
+
         return run_steps
 
 
-def _tape(splits: data.Splits, batch_size: int, epochs: int, num_words: int, *,
-          in_graph: bool) -> list:
+def _tape(
+    splits: data.Splits, batch_size: int, epochs: int, num_words: int, *, in_graph: bool
+) -> list:
     step = TapeStep(_model(splits, num_words, compiled=False), splits.num_classes)
     train_set, validation = _datasets(splits, batch_size, endless=in_graph)
     if in_graph:
@@ -228,9 +253,11 @@ def _tape(splits: data.Splits, batch_size: int, epochs: int, num_words: int, *,
         steps = tf.constant(math.ceil(splits.train_size / batch_size))
         epoch, traced = (lambda: run_steps(stream, steps)), run_steps
     else:
+
         def epoch() -> None:
             for x, y in train_set:
                 step.train(x, y)
+
         traced = step.train
 
     def validate() -> None:
@@ -239,9 +266,13 @@ def _tape(splits: data.Splits, batch_size: int, epochs: int, num_words: int, *,
             step.test(x, y)
         step.sync()
 
-    recorder = Recorder(lambda: {"train": traced.experimental_get_tracing_count(),
-                                 "test": step.test.experimental_get_tracing_count()},
-                        lambda _: splits.train_size)
+    recorder = Recorder(
+        lambda: {
+            "train": traced.experimental_get_tracing_count(),
+            "test": step.test.experimental_get_tracing_count(),
+        },
+        lambda _: splits.train_size,
+    )
     return _epochs(recorder, epochs, lambda: (epoch(), step.sync()), validate)
 
 
@@ -251,8 +282,10 @@ def ceiling(splits: data.Splits, batch_size: int, epochs: int, num_words: int) -
     batch = tuple(tf.constant(a) for a in splits.probe(batch_size))
     steps = math.ceil(splits.train_size / batch_size)
     run_steps = step.in_a_loop()
-    recorder = Recorder(lambda: {"train": run_steps.experimental_get_tracing_count()},
-                        lambda _: steps * len(batch[0]))
+    recorder = Recorder(
+        lambda: {"train": run_steps.experimental_get_tracing_count()},
+        lambda _: steps * len(batch[0]),
+    )
     return _epochs(recorder, epochs, lambda: (run_steps(batch, tf.constant(steps)), step.sync()))
 
 
@@ -271,11 +304,14 @@ def _epochs(recorder: Recorder, epochs: int, epoch: Callable, validate: Callable
 # bare-fit: a fresh iterator every epoch, as the tutorial; -stream: one endless stream.
 # bare-tape: the step called from `for x, y in ds`; -ingraph: in a `tf.range` loop
 # pulling its batches from one endless stream, one call per epoch.
-BASELINES = {"bare-fit": functools.partial(_fit, endless=False),
-             "bare-fit-stream": functools.partial(_fit, endless=True),
-             "bare-tape": functools.partial(_tape, in_graph=False),
-             "bare-tape-ingraph": functools.partial(_tape, in_graph=True),
-             "bare-train_on_batch": bare_train_on_batch, "ceiling": ceiling}
+BASELINES = {
+    "bare-fit": functools.partial(_fit, endless=False),
+    "bare-fit-stream": functools.partial(_fit, endless=True),
+    "bare-tape": functools.partial(_tape, in_graph=False),
+    "bare-tape-ingraph": functools.partial(_tape, in_graph=True),
+    "bare-train_on_batch": bare_train_on_batch,
+    "ceiling": ceiling,
+}
 
 
 # --- The harness ------------------------------------------------------------------------
@@ -326,18 +362,23 @@ def stream_examples(first_step: int, steps: int, n: int, batch_size: int) -> int
     endless stream: passes of ceil(n / batch_size) batches, the last one partial."""
     per_pass = math.ceil(n / batch_size)
     last = n - (per_pass - 1) * batch_size
-    return sum(last if s % per_pass == per_pass - 1 else batch_size
-               for s in range(first_step, first_step + steps))
+    return sum(
+        last if s % per_pass == per_pass - 1 else batch_size
+        for s in range(first_step, first_step + steps)
+    )
 
 
-def run_harness(config: Config, *, train_size: int, print_fn: Callable[[str], None],
-                more_callbacks: tuple = ()) -> dict:
+def run_harness(
+    config: Config, *, train_size: int, print_fn: Callable[[str], None], more_callbacks: tuple = ()
+) -> dict:
     """One harness run; its epochs as the bench times them, the trace counts it
     reports, and its own `epoch_examples_per_second` from its event files."""
     steps = data.steps_for(train_size, config.batch_size, config.steps_per_epoch)
     counter = {}
-    recorder = Recorder(lambda: counter.get("live"), lambda epoch: stream_examples(
-        epoch * steps, steps, train_size, config.batch_size))
+    recorder = Recorder(
+        lambda: counter.get("live"),
+        lambda epoch: stream_examples(epoch * steps, steps, train_size, config.batch_size),
+    )
     original = tracing.count_traces
 
     def count_traces(model):  # keeps the live counter, to read it at epoch ends
@@ -350,7 +391,9 @@ def run_harness(config: Config, *, train_size: int, print_fn: Callable[[str], No
     finally:
         tracing.count_traces = original
     summaries = events.read(f"{result.run_dir}/train")
-    return {"epochs": recorder.epochs,
-            "trace_counts": dict(result.trace_counts or {}),
-            "event_examples_per_second": dict(summaries.scalars("epoch_examples_per_second")),
-            "run_dir": result.run_dir}
+    return {
+        "epochs": recorder.epochs,
+        "trace_counts": dict(result.trace_counts or {}),
+        "event_examples_per_second": dict(summaries.scalars("epoch_examples_per_second")),
+        "run_dir": result.run_dir,
+    }

@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from callbacks import events  # noqa: E402
+from harness.callbacks import events  # noqa: E402
 
 MODES = ("fit", "train_on_batch", "tape")
 # Tags shown first, in this order; other epoch_* tags follow alphabetically.
@@ -40,33 +40,41 @@ def _parse_args(argv):
 
     defaults = Config()
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help="comma-separated loops to compare")
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated loops to compare")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--num_examples", type=int, default=2000,
-                        help="synthetic data only: training examples")
+    parser.add_argument(
+        "--num_examples", type=int, default=2000, help="synthetic data only: training examples"
+    )
     parser.add_argument("--dataset", default=defaults.dataset, choices=DATASETS)
-    parser.add_argument("--data_dir", default=None,
-                        help="folder holding reuters.npz / imdb.npz (offline)")
+    parser.add_argument(
+        "--data_dir", default=None, help="folder holding reuters.npz / imdb.npz (offline)"
+    )
     parser.add_argument("--model", default=defaults.model)
     parser.add_argument("--num_words", type=int, default=defaults.num_words)
     parser.add_argument("--max_len", type=int, default=defaults.max_len)
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
     parser.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
     parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--lr_halve_epochs", default=",".join(map(str, defaults.lr_halve_epochs)),
-                        help="1-based epochs at which the rate is halved (empty: never)")
+    parser.add_argument(
+        "--lr_halve_epochs",
+        default=",".join(map(str, defaults.lr_halve_epochs)),
+        help="1-based epochs at which the rate is halved (empty: never)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--summary_every_steps", type=int, default=defaults.summary_every_steps)
     parser.add_argument("--histogram_freq", type=int, default=defaults.histogram_freq)
-    parser.add_argument("--logdir", default=None,
-                        help="where the three runs go (default: logs/compare-<time>)")
-    parser.add_argument("--max_rel_diff", type=float, default=None,
-                        help="exit 1 if the loss differs between loops by more than this")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show each run's own console output")
+    parser.add_argument(
+        "--logdir", default=None, help="where the three runs go (default: logs/compare-<time>)"
+    )
+    parser.add_argument(
+        "--max_rel_diff",
+        type=float,
+        default=None,
+        help="exit 1 if the loss differs between loops by more than this",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show each run's own console output")
     return parser.parse_args(argv)
 
 
@@ -78,17 +86,28 @@ def _configs(args):
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = [m for m in modes if m not in MODES]
     if unknown or len(modes) < 2 or len(set(modes)) != len(modes):
-        raise UsageError(f"--modes={args.modes!r} is not allowed: give two or three "
-                         f"different loops of {', '.join(MODES)}")
-    logdir = args.logdir or os.path.join(
-        "logs", f"compare-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        raise UsageError(
+            f"--modes={args.modes!r} is not allowed: give two or three "
+            f"different loops of {', '.join(MODES)}"
+        )
+    logdir = args.logdir or os.path.join("logs", f"compare-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     common = dict(
-        epochs=args.epochs, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
-        num_words=args.num_words, max_len=args.max_len, batch_size=args.batch_size,
-        optimizer=args.optimizer, learning_rate=args.learning_rate, seed=args.seed,
+        epochs=args.epochs,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        model=args.model,
+        num_words=args.num_words,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
         lr_halve_epochs=parse_int_list("lr_halve_epochs", args.lr_halve_epochs),
-        summary_every_steps=args.summary_every_steps, histogram_freq=args.histogram_freq,
-        logdir=logdir, verbose=0)
+        summary_every_steps=args.summary_every_steps,
+        histogram_freq=args.histogram_freq,
+        logdir=logdir,
+        verbose=0,
+    )
     if args.dataset == "synthetic":
         common["num_examples"] = args.num_examples
     return [Config(mode=mode, run_name=mode, **common).validate() for mode in modes]
@@ -99,10 +118,11 @@ def read_epoch_scalars(run_dir: str) -> dict:
 
     A step written twice (it should not be) keeps its last value.
     """
-    return {f"{split}/{tag}": dict(points)
-            for split in ("train", "validation")
-            for tag, points in events.read(os.path.join(run_dir, split))
-            .scalars_named("epoch_").items()}
+    return {
+        f"{split}/{tag}": dict(points)
+        for split in ("train", "validation")
+        for tag, points in events.read(os.path.join(run_dir, split)).scalars_named("epoch_").items()
+    }
 
 
 def relative_difference(values) -> float:
@@ -145,9 +165,13 @@ def format_comparison(scalars_by_mode: dict) -> tuple:
     widths = [5] + [max(len(m), 12) for m in modes] + [12]
     for key in sorted(keys, key=_order):
         epochs = sorted(set.intersection(*(set(scalars_by_mode[m][key]) for m in modes)))
-        lines += ["", key,
-                  "  ".join(h.ljust(w) for h, w in zip(["epoch", *modes, "max rel diff"],
-                                                       widths)).rstrip()]
+        lines += [
+            "",
+            key,
+            "  ".join(
+                h.ljust(w) for h, w in zip(["epoch", *modes, "max rel diff"], widths)
+            ).rstrip(),
+        ]
         for epoch in epochs:
             row = [scalars_by_mode[m][key][epoch] for m in modes]
             difference = relative_difference(row)
@@ -168,19 +192,23 @@ def main(argv=None) -> int:
         print(f"compare_modes: error: {error}", file=sys.stderr)
         return 2
     import keras
-    from harness.train import train
+
+    from harness import train
 
     logdir = configs[0].logdir
-    print(f"compare_modes: {', '.join(c.mode for c in configs)} | seed {args.seed} | "
-          f"{args.dataset}, {args.model} | {args.epochs} epochs | logdir {logdir}")
+    print(
+        f"compare_modes: {', '.join(c.mode for c in configs)} | seed {args.seed} | "
+        f"{args.dataset}, {args.model} | {args.epochs} epochs | logdir {logdir}"
+    )
     scalars_by_mode = {}
     for config in configs:
         # A fresh Keras session per run: layer names, hence histogram tags,
         # are then the same in every run (train() does not reset them).
         keras.backend.clear_session()
         start = time.perf_counter()
-        print_fn = (lambda s, m=config.mode: print(f"[{m}] {s}")) if args.verbose else (
-            lambda s: None)
+        print_fn = (
+            (lambda s, m=config.mode: print(f"[{m}] {s}")) if args.verbose else (lambda s: None)
+        )
         try:
             result = train(config, print_fn=print_fn)
         except HarnessError as error:
@@ -196,8 +224,11 @@ def main(argv=None) -> int:
     print(f"max relative difference of loss between modes: {worst:.3e}{where}")
     print(f"See them in TensorBoard: tensorboard --logdir {logdir} --host 127.0.0.1")
     if args.max_rel_diff is not None and worst > args.max_rel_diff:
-        print(f"compare_modes: the loss differs by {worst:.3e} > --max_rel_diff="
-              f"{args.max_rel_diff:g}", file=sys.stderr)
+        print(
+            f"compare_modes: the loss differs by {worst:.3e} > --max_rel_diff="
+            f"{args.max_rel_diff:g}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

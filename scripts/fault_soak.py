@@ -34,17 +34,26 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the checkpoint reader imports TF
 sys.path.insert(0, str(REPO))
 
-from callbacks import events  # noqa: E402
-from callbacks.files import TEMPORARY_SUFFIX  # noqa: E402
+from harness.callbacks import events  # noqa: E402
+from harness.callbacks.files import TEMPORARY_SUFFIX  # noqa: E402
 
 LOOPS = ("fit", "train_on_batch", "tape")
 MOMENTS = ("setup", "step", "epoch_end", "checkpoint")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 EPOCHS, STEPS_PER_EPOCH = 3, 25  # 800 examples, batch 32
-RUN_FLAGS = [f"--epochs={EPOCHS}", "--num_examples=800", "--max_len=40", "--num_words=1000",
-             "--batch_size=32", "--learning_rate=0.01", "--lr_halve_epochs=2",
-             "--checkpoint_every_steps=4", "--summary_every_steps=1", "--histogram_freq=1",
-             "--verbose=0"]
+RUN_FLAGS = [
+    f"--epochs={EPOCHS}",
+    "--num_examples=800",
+    "--max_len=40",
+    "--num_words=1000",
+    "--batch_size=32",
+    "--learning_rate=0.01",
+    "--lr_halve_epochs=2",
+    "--checkpoint_every_steps=4",
+    "--summary_every_steps=1",
+    "--histogram_freq=1",
+    "--verbose=0",
+]
 # Scalars that measure time, not training: they differ between any two runs.
 TIMING_TAGS = ("epoch_seconds", "epoch_examples_per_second")
 
@@ -71,13 +80,22 @@ class Trial:
 
 def harness(args: list, cwd: Path, name: str) -> subprocess.Popen:
     """`python -m harness.run ARGS` in its own session, output in files under `cwd`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-        str(REPO), os.environ.get("PYTHONPATH")])), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
     with open(cwd / f"{name}.out", "w") as out, open(cwd / f"{name}.err", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.run", *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
 
 
 def trigger(moment: str, run_dir: Path, rng: random.Random):
@@ -95,12 +113,23 @@ def trigger(moment: str, run_dir: Path, rng: random.Random):
         return lambda: any(s > done and s % STEPS_PER_EPOCH == 0 for s in tail.poll())
     checkpoints = run_dir / "checkpoints"
     existing = set(os.listdir(checkpoints)) if checkpoints.exists() else set()
-    return lambda: checkpoints.exists() and any(
-        name not in existing and name.startswith("ckpt-") for name in os.listdir(checkpoints))
+    return lambda: (
+        checkpoints.exists()
+        and any(
+            name not in existing and name.startswith("ckpt-") for name in os.listdir(checkpoints)
+        )
+    )
 
 
-def stop_once(args: list, work: Path, run_dir: Path, stop: Stop, rng: random.Random,
-              name: str, timeout: float = 300) -> list:
+def stop_once(
+    args: list,
+    work: Path,
+    run_dir: Path,
+    stop: Stop,
+    rng: random.Random,
+    name: str,
+    timeout: float = 300,
+) -> list:
     """Starts `args`, stops it at `stop`'s moment; returns the command that resumes it
     (None when the run finished before the moment came)."""
     condition = trigger(stop.moment, run_dir, rng)
@@ -122,17 +151,21 @@ def stop_once(args: list, work: Path, run_dir: Path, stop: Stop, rng: random.Ran
         return None
     if stop.signal_name == "SIGKILL":
         return [*[a for a in args if a != "--resume"], "--resume"]
-    printed = [line for line in (work / f"{name}.err").read_text().splitlines()
-               if "resume with:" in line]
+    printed = [
+        line for line in (work / f"{name}.err").read_text().splitlines() if "resume with:" in line
+    ]
     if not printed:
-        raise RuntimeError(f"{name}: no resume command after {stop.signal_name}: "
-                           + (work / f"{name}.err").read_text()[-2000:])
+        raise RuntimeError(
+            f"{name}: no resume command after {stop.signal_name}: "
+            + (work / f"{name}.err").read_text()[-2000:]
+        )
     command = shlex.split(printed[-1].split("resume with:", 1)[1])
-    return command[command.index("harness.run") + 1:]
+    return command[command.index("harness.run") + 1 :]
 
 
-def run_trial(loop: str, plan: list, work: Path, reference: Path, rng: random.Random,
-              tolerance: float) -> Trial:
+def run_trial(
+    loop: str, plan: list, work: Path, reference: Path, rng: random.Random, tolerance: float
+) -> Trial:
     """Runs one trial with the stops in `plan`; compares the result with `reference`."""
     name = f"{loop}-trial-{rng.randrange(10**6)}"
     run_dir = work / "logs" / name
@@ -148,10 +181,19 @@ def run_trial(loop: str, plan: list, work: Path, reference: Path, rng: random.Ra
     else:
         final = harness(args, work, f"{name}-final")
         if final.wait(timeout=600) != 0:
-            return Trial(loop, stops, [f"final resume exited {final.returncode}: "
-                                       + (work / f"{name}-final.err").read_text()[-1500:]])
-    resumed = [int(step) for out in sorted(work.glob(f"{name}-*.out"))
-               for step in re.findall(r"at global step (\d+)", out.read_text())]
+            return Trial(
+                loop,
+                stops,
+                [
+                    f"final resume exited {final.returncode}: "
+                    + (work / f"{name}-final.err").read_text()[-1500:]
+                ],
+            )
+    resumed = [
+        int(step)
+        for out in sorted(work.glob(f"{name}-*.out"))
+        for step in re.findall(r"at global step (\d+)", out.read_text())
+    ]
     for stop, step in zip(stops, resumed):
         stop.resumed_at = step
     return Trial(loop, stops, compare(run_dir, reference, tolerance))
@@ -191,56 +233,73 @@ def compare(run_dir: Path, reference: Path, tolerance: float) -> list:
 def compare_weights(run_dir: Path, reference: Path, tolerance: float) -> list:
     """Differences between the variables of the two runs' newest checkpoints."""
     import tensorflow as tf
+
     readers = [tf.train.load_checkpoint(str(d / "checkpoints")) for d in (run_dir, reference)]
-    names = [name for name, dtype in readers[1].get_variable_to_dtype_map().items()
-             if dtype.is_floating or dtype.is_integer and "save_counter" not in name]
+    names = [
+        name
+        for name, dtype in readers[1].get_variable_to_dtype_map().items()
+        if dtype.is_floating or dtype.is_integer and "save_counter" not in name
+    ]
     problems = []
     for name in names:
-        difference = np.max(np.abs(readers[0].get_tensor(name).astype(np.float64)
-                                   - readers[1].get_tensor(name)), initial=0.0)
+        difference = np.max(
+            np.abs(readers[0].get_tensor(name).astype(np.float64) - readers[1].get_tensor(name)),
+            initial=0.0,
+        )
         if difference > tolerance:
             problems.append(f"weight {name} differs by {difference:.3g}")
     return problems
 
 
-def soak(loops: list, stops: int, per_trial: int, work: Path, seed: int,
-         tolerance: float) -> list:
+def soak(loops: list, stops: int, per_trial: int, work: Path, seed: int, tolerance: float) -> list:
     """Runs `stops` stops per loop (trials of `per_trial` stops); returns the trials."""
     rng = random.Random(seed)
     trials = []
     for loop in loops:
-        reference = harness([f"--mode={loop}", f"--run_name={loop}-reference", "--logdir=logs",
-                             *RUN_FLAGS], work, f"{loop}-reference")
+        reference = harness(
+            [f"--mode={loop}", f"--run_name={loop}-reference", "--logdir=logs", *RUN_FLAGS],
+            work,
+            f"{loop}-reference",
+        )
         if reference.wait(timeout=600) != 0:
-            raise RuntimeError(f"the {loop} reference run failed: "
-                               + (work / f"{loop}-reference.err").read_text()[-2000:])
+            raise RuntimeError(
+                f"the {loop} reference run failed: "
+                + (work / f"{loop}-reference.err").read_text()[-2000:]
+            )
         # Every (moment, signal) pair once in each 12 stops: 4 and 3 share no factor.
         pairs = [(MOMENTS[i % len(MOMENTS)], SIGNALS[i % len(SIGNALS)]) for i in range(stops)]
         rng.shuffle(pairs)
         for start in range(0, stops, per_trial):
-            plan = sorted(pairs[start:start + per_trial], key=lambda p: p[0] != "setup")
-            trial = run_trial(loop, plan, work, work / "logs" / f"{loop}-reference", rng,
-                              tolerance)
-            print(f"{loop}: {', '.join(f'{s.moment}/{s.signal_name}' for s in trial.stops)}: "
-                  + ("equal" if not trial.problems else "; ".join(trial.problems[:3])),
-                  flush=True)
+            plan = sorted(pairs[start : start + per_trial], key=lambda p: p[0] != "setup")
+            trial = run_trial(loop, plan, work, work / "logs" / f"{loop}-reference", rng, tolerance)
+            print(
+                f"{loop}: {', '.join(f'{s.moment}/{s.signal_name}' for s in trial.stops)}: "
+                + ("equal" if not trial.problems else "; ".join(trial.problems[:3])),
+                flush=True,
+            )
             trials.append(trial)
     return trials
 
 
 def table(trials: list) -> str:
     """Markdown: per loop and moment, stops tried and how many of their runs ended equal."""
-    rows = ["| loop | moment | SIGINT | SIGTERM | kill -9 | runs ended equal |",
-            "|---|---|---:|---:|---:|---:|"]
+    rows = [
+        "| loop | moment | SIGINT | SIGTERM | kill -9 | runs ended equal |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for loop in dict.fromkeys(t.loop for t in trials):
         for moment in MOMENTS:
-            stops = [(s, t) for t in trials if t.loop == loop for s in t.stops
-                     if s.moment == moment]
-            counts = [sum(s.signal_name == name for s, _ in stops)
-                      for name in ("SIGINT", "SIGTERM", "SIGKILL")]
+            stops = [
+                (s, t) for t in trials if t.loop == loop for s in t.stops if s.moment == moment
+            ]
+            counts = [
+                sum(s.signal_name == name for s, _ in stops)
+                for name in ("SIGINT", "SIGTERM", "SIGKILL")
+            ]
             equal = sum(not t.problems for _, t in stops)
-            rows.append(f"| {loop} | {moment} | {' | '.join(map(str, counts))} | "
-                        f"{equal} of {len(stops)} |")
+            rows.append(
+                f"| {loop} | {moment} | {' | '.join(map(str, counts))} | {equal} of {len(stops)} |"
+            )
     return "\n".join(rows)
 
 
@@ -262,8 +321,9 @@ def main(argv=None) -> int:
     text = table(trials)
     print(text)
     (work / "fault_soak.md").write_text(text + "\n")
-    (work / "fault_soak.json").write_text(json.dumps(
-        [dataclasses.asdict(t) for t in trials], indent=2))
+    (work / "fault_soak.json").write_text(
+        json.dumps([dataclasses.asdict(t) for t in trials], indent=2)
+    )
     return 0 if all(not t.problems for t in trials) else 1
 
 

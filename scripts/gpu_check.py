@@ -33,19 +33,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from callbacks import profile_xprof  # noqa: E402  (no TensorFlow at import)
+from harness.callbacks import profile_xprof  # noqa: E402  (no TensorFlow at import)
 
 MODES = ("fit", "train_on_batch", "tape")
-FULL = dict(steps_per_epoch=100, epochs=2, jit_modes=("fit", "tape"), bench_repeats=3,
-            bench_epochs=3, bench_examples=None)
-QUICK = dict(steps_per_epoch=50, epochs=2, jit_modes=("fit",), bench_repeats=2,
-             bench_epochs=2, bench_examples=3200)
+FULL = dict(
+    steps_per_epoch=100,
+    epochs=2,
+    jit_modes=("fit", "tape"),
+    bench_repeats=3,
+    bench_epochs=3,
+    bench_examples=None,
+)
+QUICK = dict(
+    steps_per_epoch=50,
+    epochs=2,
+    jit_modes=("fit",),
+    bench_repeats=2,
+    bench_epochs=2,
+    bench_examples=3200,
+)
 KERNEL_TOP = 50  # kernel rows read from a capture (the harness's own tables keep 20)
 MIN_LINKED_SHARE = 0.5  # of kernel time, launched by a named TF op
 ALLOC_MB, LIMIT_MB = 256, 1024  # the memory probes' allocation and cap
@@ -72,19 +83,23 @@ class Run:
     returncode: int
     output: str
     run_dir: Path
-    history: Optional[dict]
+    history: dict | None
 
 
 # --- Pure verdicts (tested on this CPU machine) -----------------------------------------
 
 
-def paired_ratios(numerators: list, denominators: list) -> Optional[dict]:
+def paired_ratios(numerators: list, denominators: list) -> dict | None:
     """Median and spread of a/b over pairs measured side by side (None entries skipped)."""
     ratios = [a / b for a, b in zip(numerators, denominators) if a and b]
     if not ratios:
         return None
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-            "n": len(ratios)}
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "n": len(ratios),
+    }
 
 
 def training_verdict(check: str, run: Run, *, epochs: int, replicas: int = 1) -> CheckResult:
@@ -102,8 +117,9 @@ def training_verdict(check: str, run: Run, *, epochs: int, replicas: int = 1) ->
         problems.append(f"losses {losses} (want {epochs} finite)")
     elif losses[-1] >= losses[0]:
         problems.append(f"loss did not fall ({losses[0]:.4f} -> {losses[-1]:.4f})")
-    detail = "; ".join(problems) or (f"{device.group(1)}; loss {losses[0]:.4f} -> "
-                                     f"{losses[-1]:.4f} over {epochs} epochs")
+    detail = "; ".join(problems) or (
+        f"{device.group(1)}; loss {losses[0]:.4f} -> {losses[-1]:.4f} over {epochs} epochs"
+    )
     return CheckResult(check, "FAIL" if problems else "PASS", detail, {"loss": losses})
 
 
@@ -112,44 +128,65 @@ def kernel_summary(tables: profile_xprof.ProfileTables) -> dict:
     named op, tensor-core eligible/used rows, steps and the step breakdown."""
     total = sum(k.total_us for k in tables.kernels)
     linked = sum(k.total_us for k in tables.kernels if k.op_name)
-    return {"kernels": len(tables.kernels), "kernel_us": total,
-            "linked_share": linked / total if total else 0.0,
-            "tc_eligible": sum(k.tensor_core_eligible for k in tables.kernels),
-            "tc_used": sum(k.uses_tensor_cores for k in tables.kernels),
-            "steps": tables.step_count, "avg_step_ms": tables.avg_step_ms,
-            "compute_share": tables.compute_share, "input_share": tables.input_share,
-            "hardware": tables.hardware_type}
+    return {
+        "kernels": len(tables.kernels),
+        "kernel_us": total,
+        "linked_share": linked / total if total else 0.0,
+        "tc_eligible": sum(k.tensor_core_eligible for k in tables.kernels),
+        "tc_used": sum(k.uses_tensor_cores for k in tables.kernels),
+        "steps": tables.step_count,
+        "avg_step_ms": tables.avg_step_ms,
+        "compute_share": tables.compute_share,
+        "input_share": tables.input_share,
+        "hardware": tables.hardware_type,
+    }
 
 
-def profile_verdict(check: str, tables: profile_xprof.ProfileTables, *,
-                    tensor_cores: bool = False) -> CheckResult:
+def profile_verdict(
+    check: str, tables: profile_xprof.ProfileTables, *, tensor_cores: bool = False
+) -> CheckResult:
     """PASS when the kernel table is non-empty, at least MIN_LINKED_SHARE of its time
     names the launching op, the step breakdown has steps, and (with `tensor_cores`)
     some kernel is tensor-core eligible."""
     s = kernel_summary(tables)
-    problems = [text for failed, text in (
-        (not s["kernels"], "no GPU kernels (is CUPTI loaded? see the run's log)"),
-        (s["kernels"] and s["linked_share"] < MIN_LINKED_SHARE,
-         f"only {s['linked_share']:.0%} of kernel time names its TF op"),
-        (not s["steps"], "no step breakdown"),
-        (tensor_cores and not s["tc_eligible"], "no tensor-core-eligible kernel")) if failed]
-    detail = (f"{s['kernels']} kernels, {s['linked_share']:.0%} of kernel time linked to ops, "
-              f"TC eligible/used {s['tc_eligible']}/{s['tc_used']}; {s['steps']} steps, avg "
-              f"{s['avg_step_ms']:.2f} ms, compute {s['compute_share']:.0%}, input "
-              f"{s['input_share']:.0%}")
-    return CheckResult(check, "FAIL" if problems else "PASS",
-                       "; ".join(problems) + (" -- " if problems else "") + detail, s)
+    problems = [
+        text
+        for failed, text in (
+            (not s["kernels"], "no GPU kernels (is CUPTI loaded? see the run's log)"),
+            (
+                s["kernels"] and s["linked_share"] < MIN_LINKED_SHARE,
+                f"only {s['linked_share']:.0%} of kernel time names its TF op",
+            ),
+            (not s["steps"], "no step breakdown"),
+            (tensor_cores and not s["tc_eligible"], "no tensor-core-eligible kernel"),
+        )
+        if failed
+    ]
+    detail = (
+        f"{s['kernels']} kernels, {s['linked_share']:.0%} of kernel time linked to ops, "
+        f"TC eligible/used {s['tc_eligible']}/{s['tc_used']}; {s['steps']} steps, avg "
+        f"{s['avg_step_ms']:.2f} ms, compute {s['compute_share']:.0%}, input "
+        f"{s['input_share']:.0%}"
+    )
+    return CheckResult(
+        check,
+        "FAIL" if problems else "PASS",
+        "; ".join(problems) + (" -- " if problems else "") + detail,
+        s,
+    )
 
 
-def memory_verdict(check: str, probe: Optional[dict]) -> CheckResult:
+def memory_verdict(check: str, probe: dict | None) -> CheckResult:
     """Growth: the allocation fits and the process took < GROWTH_MAX_SHARE of the GPUs'
     memory. Limit: the allocation fits and one of twice the cap is refused."""
     if not probe or "error" in probe:
         return CheckResult(check, "FAIL", (probe or {}).get("error", "the probe printed nothing"))
     took = probe["used_after_mb"] - probe["used_before_mb"]
-    detail = (f"{probe['device_line']}; allocated {probe['allocated_mb']:.0f} MB "
-              f"(get_memory_info peak {probe['peak_mb']:.0f} MB); the process took "
-              f"{took:.0f} of {probe['total_mb']:.0f} MB (nvidia-smi)")
+    detail = (
+        f"{probe['device_line']}; allocated {probe['allocated_mb']:.0f} MB "
+        f"(get_memory_info peak {probe['peak_mb']:.0f} MB); the process took "
+        f"{took:.0f} of {probe['total_mb']:.0f} MB (nvidia-smi)"
+    )
     if probe["limit_mb"]:
         ok = probe["over_limit"].startswith("refused") and probe["peak_mb"] <= probe["limit_mb"]
         detail += f"; {2 * probe['limit_mb']} MB over the cap: {probe['over_limit']}"
@@ -159,7 +196,7 @@ def memory_verdict(check: str, probe: Optional[dict]) -> CheckResult:
     return CheckResult(check, "PASS" if ok else "FAIL", detail, probe)
 
 
-def speed_verdicts(bench: Optional[dict]) -> list:
+def speed_verdicts(bench: dict | None) -> list:
     """Rows from scripts/bench.py's bench.json: each loop's examples/s over bare fit,
     paired per repeat, and the tape loop over the ceiling, interleaved. FAIL below a
     FLOORS entry or when a variant failed; PASS otherwise (a measurement)."""
@@ -171,20 +208,42 @@ def speed_verdicts(bench: Optional[dict]) -> list:
     rates = {v: [r.get("examples_per_second") for r in runs.get(v, [])] for v in runs}
     rows = []
     tape = main.get("interleaved_tape")
-    measured = [(f"{mode} vs bare fit", "paired examples/s per repeat", paired_ratios(
-        rates.get(f"harness-{mode}", []), rates.get("bare-fit", []))) for mode in MODES]
-    measured.append(("tape vs ceiling", "interleaved: ceiling time / harness time", tape and {
-        "median": tape["time_weighted"], "min": tape["min_run"], "max": tape["max_run"],
-        "n": len(tape["runs"]), "per_execution_median": tape["median"]}))
+    measured = [
+        (
+            f"{mode} vs bare fit",
+            "paired examples/s per repeat",
+            paired_ratios(rates.get(f"harness-{mode}", []), rates.get("bare-fit", [])),
+        )
+        for mode in MODES
+    ]
+    measured.append(
+        (
+            "tape vs ceiling",
+            "interleaved: ceiling time / harness time",
+            tape
+            and {
+                "median": tape["time_weighted"],
+                "min": tape["min_run"],
+                "max": tape["max_run"],
+                "n": len(tape["runs"]),
+                "per_execution_median": tape["median"],
+            },
+        )
+    )
     for name, how, r in measured:
         floor = FLOORS.get(name)
         if not r:
             rows.append(CheckResult(f"speed: {name}", "FAIL", "not measured"))
             continue
-        rows.append(CheckResult(
-            f"speed: {name}", "FAIL" if floor and r["median"] < floor else "PASS",
-            f"{r['median']:.3f}x (spread {r['min']:.3f}-{r['max']:.3f}, {r['n']} runs; {how};"
-            f" {f'target >= {floor}' if floor else 'no target'})", r))
+        rows.append(
+            CheckResult(
+                f"speed: {name}",
+                "FAIL" if floor and r["median"] < floor else "PASS",
+                f"{r['median']:.3f}x (spread {r['min']:.3f}-{r['max']:.3f}, {r['n']} runs; {how};"
+                f" {f'target >= {floor}' if floor else 'no target'})",
+                r,
+            )
+        )
     return rows + ([CheckResult("speed: runs", "FAIL", errors)] if errors else [])
 
 
@@ -196,6 +255,7 @@ def overall(results: list) -> str:
 
 def render_table(results: list) -> str:
     """The results as a Markdown table (pipes in details escaped)."""
+
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -204,8 +264,9 @@ def render_table(results: list) -> str:
     return "\n".join(lines)
 
 
-def install_plan(*, nvidia_gpus: int, tf_version: Optional[str], tf_gpus: int,
-                 has_xprof: bool) -> list:
+def install_plan(
+    *, nvidia_gpus: int, tf_version: str | None, tf_gpus: int, has_xprof: bool
+) -> list:
     """The pip installs needed: TensorFlow's CUDA libraries when nvidia-smi shows a GPU
     TensorFlow does not see (keeping the installed version), xprof when missing."""
     plan = []
@@ -231,8 +292,11 @@ def nvidia_gpus() -> list:
 
 def gpu_memory_mb() -> tuple:
     """(used, total) MB summed over the GPUs, from nvidia-smi."""
-    done = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,memory.total",
-                           "--format=csv,noheader,nounits"], capture_output=True, text=True)
+    done = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+    )
     rows = [[float(v) for v in line.split(",")] for line in done.stdout.splitlines() if line]
     return sum(r[0] for r in rows), sum(r[1] for r in rows)
 
@@ -247,35 +311,45 @@ def _child(kind: str, arg: str = "", timeout: int = 120) -> tuple:
     """Runs this script as `--_child kind` in a fresh process; (last JSON line, output)."""
     command = [sys.executable, __file__, "--_child", kind, "--_child_arg", arg]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=_env(),
-                              cwd=REPO, timeout=timeout)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}, ""
     output = done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     tail = (output.strip().splitlines() or ["no output"])[-1]
-    return (json.loads(lines[-1]) if lines else {"error": f"exit {done.returncode}: {tail}"},
-            output)
+    return (
+        json.loads(lines[-1]) if lines else {"error": f"exit {done.returncode}: {tail}"},
+        output,
+    )
 
 
 def run_child(kind: str, arg: str) -> int:
     """Child entry: probe TensorFlow, probe GPU memory, or run scripts/bench.py."""
     if kind == "probe":
         import tensorflow as tf
-        print(json.dumps({"version": tf.__version__,
-                          "gpus": len(tf.config.list_physical_devices("GPU"))}))
+
+        print(
+            json.dumps(
+                {"version": tf.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))}
+            )
+        )
         return 0
     if kind == "bench":
         sys.path.insert(0, str(REPO / "scripts"))
         import bench  # no TensorFlow yet
+
         # configure devices as the harness does, before anything touches them: its
         from harness import devices  # runs inside bench then find the same settings
+
         devices.configure(None, memory_growth=True, memory_limit_mb=0)
         return bench.main(json.loads(arg))
     used_before, total = gpu_memory_mb()  # before TensorFlow starts
     import tensorflow as tf
 
     from harness import devices
+
     limit = LIMIT_MB if kind == "memory-limit" else 0
     line = devices.configure(None, memory_growth=True, memory_limit_mb=limit)
     with tf.device("/GPU:0"):
@@ -289,10 +363,20 @@ def run_child(kind: str, arg: str) -> int:
             except tf.errors.OpError as error:  # ResourceExhaustedError expected
                 over = f"refused ({type(error).__name__})"
     del kept
-    print(json.dumps({"device_line": line, "allocated_mb": info["current"] / 2**20,
-                      "peak_mb": info["peak"] / 2**20, "used_before_mb": used_before,
-                      "used_after_mb": gpu_memory_mb()[0], "total_mb": total,
-                      "limit_mb": limit, "over_limit": over}))
+    print(
+        json.dumps(
+            {
+                "device_line": line,
+                "allocated_mb": info["current"] / 2**20,
+                "peak_mb": info["peak"] / 2**20,
+                "used_before_mb": used_before,
+                "used_after_mb": gpu_memory_mb()[0],
+                "total_mb": total,
+                "limit_mb": limit,
+                "over_limit": over,
+            }
+        )
+    )
     return 0
 
 
@@ -300,9 +384,12 @@ def setup(no_install: bool, gpus: int) -> tuple:
     """Makes TensorFlow see the GPUs (pip, unless --no_install): the first check and
     the number of GPUs TensorFlow sees."""
     probe, _ = _child("probe")
-    plan = install_plan(nvidia_gpus=gpus, tf_version=probe.get("version"),
-                        tf_gpus=probe.get("gpus", 0),
-                        has_xprof=importlib.util.find_spec("xprof") is not None)
+    plan = install_plan(
+        nvidia_gpus=gpus,
+        tf_version=probe.get("version"),
+        tf_gpus=probe.get("gpus", 0),
+        has_xprof=importlib.util.find_spec("xprof") is not None,
+    )
     for command in plan:
         if no_install:
             print(f"gpu_check: --no_install: not running: {shlex.join(command)}")
@@ -312,23 +399,37 @@ def setup(no_install: bool, gpus: int) -> tuple:
         importlib.invalidate_caches()
         probe, _ = _child("probe")
     seen = probe.get("gpus", 0)
-    detail = (f"TensorFlow {probe.get('version')} sees {seen} GPU(s), nvidia-smi {gpus}"
-              if "version" in probe else f"TensorFlow does not start: {probe.get('error')}")
+    detail = (
+        f"TensorFlow {probe.get('version')} sees {seen} GPU(s), nvidia-smi {gpus}"
+        if "version" in probe
+        else f"TensorFlow does not start: {probe.get('error')}"
+    )
     return CheckResult("tensorflow sees the GPUs", "PASS" if seen else "FAIL", detail), seen
 
 
 def run_harness(name: str, flags: list, opts: dict) -> Run:
     """`python -m harness.run` on Reuters into <out>/runs/<name>; the log beside it."""
     logdir = Path(opts["out"]) / "runs"
-    command = [sys.executable, "-m", "harness.run", "--dataset=reuters",
-               f"--data_dir={opts['data_dir']}", f"--logdir={logdir}", f"--run_name={name}",
-               "--overwrite", "--verbose=0", f"--steps_per_epoch={opts['steps_per_epoch']}",
-               f"--epochs={opts['epochs']}", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "harness.run",
+        "--dataset=reuters",
+        f"--data_dir={opts['data_dir']}",
+        f"--logdir={logdir}",
+        f"--run_name={name}",
+        "--overwrite",
+        "--verbose=0",
+        f"--steps_per_epoch={opts['steps_per_epoch']}",
+        f"--epochs={opts['epochs']}",
+        *flags,
+    ]
     print(f"gpu_check: {name}: {shlex.join(command[1:])}", flush=True)
     shutil.rmtree(logdir / name, ignore_errors=True)  # never judge an earlier run's files
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=REPO,
-                              timeout=RUN_TIMEOUT_S)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=RUN_TIMEOUT_S
+        )
         code, output = done.returncode, done.stdout + done.stderr
     except subprocess.TimeoutExpired:
         code, output = 124, f"timed out after {RUN_TIMEOUT_S} s"
@@ -357,51 +458,82 @@ def _trained_and_profiled(name: str, flags: list, opts: dict, tensor_cores: bool
     """A run that profiles steps 11-16 of its second epoch: its training and profile rows."""
     steps = opts["steps_per_epoch"]
     run = run_harness(name, [*flags, f"--profile_steps={steps + 10},{steps + 15}"], opts)
-    return [training_verdict(f"train {name}", run, epochs=opts["epochs"]),
-            _profile(f"profile {name}", run, tensor_cores=tensor_cores)]
+    return [
+        training_verdict(f"train {name}", run, epochs=opts["epochs"]),
+        _profile(f"profile {name}", run, tensor_cores=tensor_cores),
+    ]
 
 
 def check_loops(opts: dict) -> list:
     """Each loop trains on the GPU; its capture has kernels named by op, and steps."""
-    return [row for mode in MODES
-            for row in _trained_and_profiled(mode, [f"--mode={mode}"], opts, False)]
+    return [
+        row
+        for mode in MODES
+        for row in _trained_and_profiled(mode, [f"--mode={mode}"], opts, False)
+    ]
 
 
 def check_mixed_precision(opts: dict) -> list:
     """float16 with loss scaling trains in fit; some kernel is tensor-core eligible."""
-    return _trained_and_profiled("fit-mixed_precision", ["--mode=fit", "--mixed_precision"],
-                                 opts, True)
+    return _trained_and_profiled(
+        "fit-mixed_precision", ["--mode=fit", "--mixed_precision"], opts, True
+    )
 
 
 def check_jit(opts: dict) -> list:
     """--jit_compile (XLA) trains, in fit and (unless --quick) the tape loop."""
-    return [training_verdict(f"train {mode}-jit_compile", run_harness(
-        f"{mode}-jit_compile", [f"--mode={mode}", "--jit_compile"], opts), epochs=opts["epochs"])
-            for mode in opts["jit_modes"]]
+    return [
+        training_verdict(
+            f"train {mode}-jit_compile",
+            run_harness(f"{mode}-jit_compile", [f"--mode={mode}", "--jit_compile"], opts),
+            epochs=opts["epochs"],
+        )
+        for mode in opts["jit_modes"]
+    ]
 
 
 def check_memory(opts: dict) -> list:
     """The two memory flags, each read back in a child configured like the harness."""
-    return [memory_verdict("gpu_memory_growth", _child("memory-growth")[0]),
-            memory_verdict(f"gpu_memory_limit_mb={LIMIT_MB}", _child("memory-limit")[0])]
+    return [
+        memory_verdict("gpu_memory_growth", _child("memory-growth")[0]),
+        memory_verdict(f"gpu_memory_limit_mb={LIMIT_MB}", _child("memory-limit")[0]),
+    ]
 
 
 def check_mirrored(opts: dict) -> list:
     """--strategy=mirrored in each loop, over every GPU TensorFlow sees."""
     if opts["gpus"] < 2:
         return [CheckResult("mirrored (3 loops)", "SKIP", "1 GPU: needs two or more")]
-    return [training_verdict(f"train {mode}-mirrored", run_harness(
-        f"{mode}-mirrored", [f"--mode={mode}", "--strategy=mirrored"], opts),
-        epochs=opts["epochs"], replicas=opts["gpus"]) for mode in MODES]
+    return [
+        training_verdict(
+            f"train {mode}-mirrored",
+            run_harness(f"{mode}-mirrored", [f"--mode={mode}", "--strategy=mirrored"], opts),
+            epochs=opts["epochs"],
+            replicas=opts["gpus"],
+        )
+        for mode in MODES
+    ]
 
 
 def check_speed(opts: dict) -> list:
     """scripts/bench.py, interleaved and repeated, in a child configured like the harness."""
     out = Path(opts["out"]) / "bench"
-    argv = ["--variants", "bare-fit,harness-fit,harness-train_on_batch,harness-tape,ceiling",
-            "--repeats", str(opts["bench_repeats"]), "--epochs", str(opts["bench_epochs"]),
-            "--memory", "off", "--retry_wait", "0", "--data_dir", opts["data_dir"],
-            "--out", str(out)]
+    argv = [
+        "--variants",
+        "bare-fit,harness-fit,harness-train_on_batch,harness-tape,ceiling",
+        "--repeats",
+        str(opts["bench_repeats"]),
+        "--epochs",
+        str(opts["bench_epochs"]),
+        "--memory",
+        "off",
+        "--retry_wait",
+        "0",
+        "--data_dir",
+        opts["data_dir"],
+        "--out",
+        str(out),
+    ]
     argv += ["--num_examples", str(opts["bench_examples"])] if opts["bench_examples"] else []
     print(f"gpu_check: speed: scripts/bench.py {shlex.join(argv)}", flush=True)
     shutil.rmtree(out, ignore_errors=True)  # never judge an earlier run's bench.json
@@ -412,13 +544,19 @@ def check_speed(opts: dict) -> list:
     return speed_verdicts(json.loads(path.read_text()) if path.exists() else None)
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shared = REPO.parent / "shared" / "data"
-    parser.add_argument("--data_dir", default=str(shared) if shared.is_dir() else None,
-                        help="folder holding reuters.npz (default ../shared/data if present)")
-    parser.add_argument("--out", default=str(REPO / "logs" / "gpu-check"),
-                        help="folder for gpu_check.json/.md and the runs (default logs/gpu-check)")
+    parser.add_argument(
+        "--data_dir",
+        default=str(shared) if shared.is_dir() else None,
+        help="folder holding reuters.npz (default ../shared/data if present)",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(REPO / "logs" / "gpu-check"),
+        help="folder for gpu_check.json/.md and the runs (default logs/gpu-check)",
+    )
     parser.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats")
     parser.add_argument("--no_install", action="store_true", help="never run pip")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
@@ -432,14 +570,21 @@ def main(argv: Optional[list] = None) -> int:
         return 0
     if not args.data_dir or not (Path(args.data_dir) / "reuters.npz").is_file():
         parser.exit(2, f"gpu_check: error: --data_dir={args.data_dir!r} holds no reuters.npz\n")
-    opts = dict(QUICK if args.quick else FULL, out=args.out,
-                data_dir=str(Path(args.data_dir).resolve()))
+    opts = dict(
+        QUICK if args.quick else FULL, out=args.out, data_dir=str(Path(args.data_dir).resolve())
+    )
     started = time.monotonic()
     print("gpu_check: " + "; ".join(gpus), flush=True)
     first, opts["gpus"] = setup(args.no_install, len(gpus))
     results = [first]
-    for check in (check_loops, check_mixed_precision, check_jit, check_memory,
-                  check_mirrored, check_speed):
+    for check in (
+        check_loops,
+        check_mixed_precision,
+        check_jit,
+        check_memory,
+        check_mirrored,
+        check_speed,
+    ):
         name = check.__name__.removeprefix("check_")
         if first.result != "PASS":
             results.append(CheckResult(name, "SKIP", "TensorFlow does not see the GPUs"))
@@ -453,13 +598,25 @@ def main(argv: Optional[list] = None) -> int:
         results += rows
     table, verdict, out = render_table(results), overall(results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(
-        {"gpus": gpus, "quick": args.quick, "overall": verdict, "seconds": time.monotonic()
-         - started, "results": [dataclasses.asdict(r) for r in results]}, indent=1))
+    (out / "gpu_check.json").write_text(
+        json.dumps(
+            {
+                "gpus": gpus,
+                "quick": args.quick,
+                "overall": verdict,
+                "seconds": time.monotonic() - started,
+                "results": [dataclasses.asdict(r) for r in results],
+            },
+            indent=1,
+        )
+    )
     (out / "gpu_check.md").write_text(
-        f"# GPU check\n\n{'; '.join(gpus)}\n\nOverall: {verdict}\n\n{table}\n")
-    print(f"\n{table}\n\nOverall: {verdict} ({time.monotonic() - started:.0f} s); "
-          f"wrote {out / 'gpu_check.json'} and gpu_check.md")
+        f"# GPU check\n\n{'; '.join(gpus)}\n\nOverall: {verdict}\n\n{table}\n"
+    )
+    print(
+        f"\n{table}\n\nOverall: {verdict} ({time.monotonic() - started:.0f} s); "
+        f"wrote {out / 'gpu_check.json'} and gpu_check.md"
+    )
     return 1 if verdict == "FAIL" else 0
 
 

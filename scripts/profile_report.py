@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks import profile_render, profile_xprof  # noqa: E402  (needs the repo root on sys.path)
+from harness.callbacks import profile_render, profile_xprof  # noqa: E402  (needs the repo root on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,28 +21,31 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED_DATA = Path(os.environ.get(
-    "HARNESS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("HARNESS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 # Small enough for ~1 s per epoch; 250 is not a multiple of 32, so every pass
 # over the data ends with a partial batch (8 train steps, 2 validation batches).
-TINY = dict(num_examples=250, max_len=60, num_words=1000, batch_size=32, epochs=1,
-            verbose=0)
+TINY = dict(num_examples=250, max_len=60, num_words=1000, batch_size=32, epochs=1, verbose=0)
 
 
 def pytest_configure(config):
     # Keras 3.15 under NumPy 2 warns on every tensor -> array conversion.
     config.addinivalue_line(
         "filterwarnings",
-        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    )
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared data folder; skips the test if it is not there."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} not found (set HARNESS_SHARED_DATA "
-                    "to the folder holding reuters.npz)")
+        pytest.skip(
+            f"shared data folder {SHARED_DATA} not found (set HARNESS_SHARED_DATA "
+            "to the folder holding reuters.npz)"
+        )
     return SHARED_DATA
 
 
@@ -90,8 +93,8 @@ def make_config(tiny_config, logdir: Path):
 
 @pytest.fixture(scope="session")
 def run_train():
-    """Runs `harness.train.train(config)` and returns (Result, printed lines)."""
-    from harness.train import train
+    """Runs `harness.train(config)` and returns (Result, printed lines)."""
+    from harness import train
 
     def run(config):
         lines: list = []

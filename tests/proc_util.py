@@ -11,7 +11,7 @@ test_faults.py) and check the CLI's errors:
 - `checkpoint_steps` / `checkpoint_is_finite`: what a run's checkpoints hold.
 - `in_a_tmpfs`: a script run with ./logs on a tmpfs of its own (a real full disk).
 - `harness_lines` / `assert_one_error_line`: the one-line error contract.
-- `duplicates`: the steps an event file holds twice (read with `callbacks.events`).
+- `duplicates`: the steps an event file holds twice (read with `harness.callbacks.events`).
 """
 
 import os
@@ -21,8 +21,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -49,17 +49,21 @@ class Harness:
         prefix: a command run in front of the interpreter (e.g. `unshare ...`).
     """
 
-    def __init__(self, args: list, cwd: Path, name: str = "harness",
-                 prefix: tuple = ()) -> None:
+    def __init__(self, args: list, cwd: Path, name: str = "harness", prefix: tuple = ()) -> None:
         self.args = list(args)
         self.cwd = Path(cwd)
         self._out = self.cwd / f"{name}.stdout"
         self._err = self.cwd / f"{name}.stderr"
         with open(self._out, "w") as out, open(self._err, "w") as err:
             self.process = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "harness.run", *self.args], cwd=self.cwd,
-                env=harness_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True)
+                [*prefix, sys.executable, "-m", "harness.run", *self.args],
+                cwd=self.cwd,
+                env=harness_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
         self.started = time.monotonic()
 
     @property
@@ -80,8 +84,10 @@ class Harness:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"harness {' '.join(self.args)} still ran after {timeout} s;"
-                                 f" stderr: {self.stderr[-2000:]}") from None
+            raise AssertionError(
+                f"harness {' '.join(self.args)} still ran after {timeout} s;"
+                f" stderr: {self.stderr[-2000:]}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL, if it still runs (cleanup)."""
@@ -97,8 +103,9 @@ class Harness:
     def stderr(self) -> str:
         return self._err.read_text()
 
-    def wait_for(self, condition: Callable[[], object], timeout: float = 120,
-                 interval: float = 0.003):
+    def wait_for(
+        self, condition: Callable[[], object], timeout: float = 120, interval: float = 0.003
+    ):
         """Polls `condition()` until it is truthy while the process runs; returns it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -106,18 +113,27 @@ class Harness:
             if value:
                 return value
             if not self.running():
-                raise AssertionError(f"harness exited with {self.process.returncode} before "
-                                     f"the awaited state; stderr: {self.stderr[-3000:]}")
+                raise AssertionError(
+                    f"harness exited with {self.process.returncode} before "
+                    f"the awaited state; stderr: {self.stderr[-3000:]}"
+                )
             time.sleep(interval)
         raise AssertionError(f"waited {timeout} s in vain; stderr: {self.stderr[-2000:]}")
 
 
-def run(args: list, cwd: Path, timeout: float = 120, prefix: tuple = ()
-        ) -> subprocess.CompletedProcess:
+def run(
+    args: list, cwd: Path, timeout: float = 120, prefix: tuple = ()
+) -> subprocess.CompletedProcess:
     """Runs `python -m harness.run ARGS` to the end and captures its output."""
-    return subprocess.run([*prefix, sys.executable, "-m", "harness.run", *args], cwd=cwd,
-                          env=harness_env(), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "harness.run", *args],
+        cwd=cwd,
+        env=harness_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def snapshot(folder: Path) -> dict:
@@ -125,9 +141,13 @@ def snapshot(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.exists():
         return {}
-    return {str(path.relative_to(folder)) + ("/" if path.is_dir() else ""):
-            (path.stat().st_size if path.is_file() else 0, path.stat().st_mtime_ns)
-            for path in sorted(folder.rglob("*"))}
+    return {
+        str(path.relative_to(folder)) + ("/" if path.is_dir() else ""): (
+            path.stat().st_size if path.is_file() else 0,
+            path.stat().st_mtime_ns,
+        )
+        for path in sorted(folder.rglob("*"))
+    }
 
 
 def checkpoint_steps(checkpoint_dir: Path) -> list:
@@ -149,13 +169,15 @@ def listed_steps(checkpoint_dir: Path) -> list:
         text = (Path(checkpoint_dir) / "checkpoint").read_text()
     except OSError:
         return []
-    return sorted(int(n) for n in re.findall(r'all_model_checkpoint_paths: "[^"]*ckpt-(\d+)"',
-                                             text))
+    return sorted(
+        int(n) for n in re.findall(r'all_model_checkpoint_paths: "[^"]*ckpt-(\d+)"', text)
+    )
 
 
 def listed_checkpoints(checkpoint_dir: Path) -> list:
     """The checkpoint paths the `checkpoint` state file lists (what a resume tries)."""
     import tensorflow as tf
+
     state = tf.train.get_checkpoint_state(str(checkpoint_dir))
     return list(state.all_model_checkpoint_paths) if state else []
 
@@ -164,9 +186,13 @@ def nonfinite_variables(checkpoint_prefix: str) -> list:
     """Names of the floating-point variables of a checkpoint holding NaN or Inf."""
     import numpy as np
     import tensorflow as tf
+
     reader = tf.train.load_checkpoint(str(checkpoint_prefix))
-    return sorted(name for name, dtype in reader.get_variable_to_dtype_map().items()
-                  if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))))
+    return sorted(
+        name
+        for name, dtype in reader.get_variable_to_dtype_map().items()
+        if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name)))
+    )
 
 
 def duplicates(steps: list) -> list:
@@ -177,7 +203,7 @@ def duplicates(steps: list) -> list:
     return sorted(twice)
 
 
-def one_error_line(stderr: str) -> Optional[str]:
+def one_error_line(stderr: str) -> str | None:
     """The stderr lines that are not TF/absl start-up noise, if exactly one."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     return lines[0] if len(lines) == 1 else None
@@ -192,26 +218,41 @@ def in_a_tmpfs(work: Path, script: str, flags: list, size: str) -> subprocess.Co
     tmpfs goes away. Skips the test where mounting is not allowed.
     """
     import pytest
+
     probe = work / "mount-probe"
     probe.mkdir(exist_ok=True)
-    if subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -t tmpfs tmpfs {probe}"],
-                      capture_output=True, timeout=30).returncode != 0:
+    if (
+        subprocess.run(
+            ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs tmpfs {probe}"],
+            capture_output=True,
+            timeout=30,
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs unshare and mount rights)")
     (work / "logs").mkdir(exist_ok=True)
-    command = " ".join(shlex.quote(part) for part in [sys.executable, "-m", "harness.run",
-                                                       *flags])
-    full = (f"mount -t tmpfs -o size={size} tmpfs logs || exit 99\n"
-            f"PY={shlex.quote(sys.executable)}\nHARNESS={shlex.quote(command)}\n"
-            f"{script}\ncp -a logs/r after 2>/dev/null; exit 0\n")
-    return subprocess.run(["unshare", "--mount", "bash", "-c", full], cwd=work,
-                          env={**harness_env(), "PYTHONUNBUFFERED": "1"},
-                          capture_output=True, text=True, timeout=600)
+    command = " ".join(shlex.quote(part) for part in [sys.executable, "-m", "harness.run", *flags])
+    full = (
+        f"mount -t tmpfs -o size={size} tmpfs logs || exit 99\n"
+        f"PY={shlex.quote(sys.executable)}\nHARNESS={shlex.quote(command)}\n"
+        f"{script}\ncp -a logs/r after 2>/dev/null; exit 0\n"
+    )
+    return subprocess.run(
+        ["unshare", "--mount", "bash", "-c", full],
+        cwd=work,
+        env={**harness_env(), "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 # TensorFlow's C++ start-up lines, which no environment variable silences in TF 2.21.
-TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)"
-                       r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]"
-                       r"|To enable the following instructions)")
+TF_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]"
+    r"|To enable the following instructions)"
+)
 
 
 def harness_lines(stderr: str) -> list:

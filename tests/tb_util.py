@@ -1,4 +1,4 @@
-"""Test helpers: run a real TensorBoard server (event files: `callbacks.events`).
+"""Test helpers: run a real TensorBoard server (event files: `harness.callbacks.events`).
 
 Shared by test_summaries.py, test_resume.py and test_tensorboard_server.py.
 Importing this module also puts the repository root on `sys.path`, so
@@ -21,8 +21,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -69,9 +69,15 @@ def _decoded(response) -> bytes:
     return body
 
 
-def poll(fetch: Callable[[], object], *, timeout: float, interval: float = 0.25,
-         what: str = "the condition", process: Optional[subprocess.Popen] = None,
-         log: Optional[Path] = None):
+def poll(
+    fetch: Callable[[], object],
+    *,
+    timeout: float,
+    interval: float = 0.25,
+    what: str = "the condition",
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+):
     """Calls `fetch` until it returns something truthy, and returns that.
 
     Connection errors count as "not yet". Raises AssertionError after
@@ -81,8 +87,9 @@ def poll(fetch: Callable[[], object], *, timeout: float, interval: float = 0.25,
     last_error = None
     while True:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process exited with {process.returncode} while "
-                                 f"waiting for {what}{_tail(log)}")
+            raise AssertionError(
+                f"the process exited with {process.returncode} while waiting for {what}{_tail(log)}"
+            )
         try:
             result = fetch()
             if result:
@@ -90,8 +97,10 @@ def poll(fetch: Callable[[], object], *, timeout: float, interval: float = 0.25,
         except (OSError, ValueError) as error:  # refused, reset, not JSON yet
             last_error = error
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} "
-                                 f"(last error: {last_error!r}){_tail(log)}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what} "
+                f"(last error: {last_error!r}){_tail(log)}"
+            )
         time.sleep(interval)
 
 
@@ -123,28 +132,45 @@ class TensorBoardServer:
         startup_timeout: seconds to wait for the first answer.
     """
 
-    def __init__(self, logdir, log_file, *, extra_args: Sequence[str] = (),
-                 startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self, logdir, log_file, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0
+    ) -> None:
         self.logdir = Path(logdir)
         self.log_file = Path(log_file)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [str(tensorboard_executable()), "--logdir", str(self.logdir),
-                        "--host", "127.0.0.1", "--port", str(self.port),
-                        "--reload_interval", "1", *extra_args]
+        self.command = [
+            str(tensorboard_executable()),
+            "--logdir",
+            str(self.logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--reload_interval",
+            "1",
+            *extra_args,
+        ]
         self.startup_timeout = startup_timeout
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "TensorBoardServer":
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         with open(self.log_file, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         try:
-            self.wait_for(lambda: http_get(self.url + "/data/runs", timeout=2)[0] == 200,
-                          what=f"TensorBoard to answer on {self.url}",
-                          timeout=self.startup_timeout)
+            self.wait_for(
+                lambda: http_get(self.url + "/data/runs", timeout=2)[0] == 200,
+                what=f"TensorBoard to answer on {self.url}",
+                timeout=self.startup_timeout,
+            )
         except BaseException:
             self.stop()
             raise
@@ -175,17 +201,21 @@ class TensorBoardServer:
     def post_json(self, route: str, payload: dict):
         """The JSON answer to POST `route` with a JSON body (the HParams plugin's API)."""
         request = urllib.request.Request(
-            self.url + route, data=json.dumps(payload).encode(), method="POST",
-            headers={"Content-Type": "application/json"})
+            self.url + route,
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with _OPENER.open(request, timeout=30) as response:
                 return json.loads(_decoded(response))
         except urllib.error.HTTPError as error:
-            raise AssertionError(f"POST {route} {payload} -> {error.code}: "
-                                 f"{_decoded(error)[:500]!r}") from None
+            raise AssertionError(
+                f"POST {route} {payload} -> {error.code}: {_decoded(error)[:500]!r}"
+            ) from None
 
 
-def _tail(log: Optional[Path], lines: int = 30) -> str:
+def _tail(log: Path | None, lines: int = 30) -> str:
     if log is None or not Path(log).exists():
         return ""
     text = Path(log).read_text(errors="replace").splitlines()[-lines:]

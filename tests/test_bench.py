@@ -14,15 +14,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "scripts" / "bench.py"
-VARIANTS = ("bare-fit", "bare-fit-stream", "bare-tape", "bare-tape-ingraph",
-            "bare-train_on_batch", "ceiling",
-            "harness-fit", "harness-fit-nolog", "harness-train_on_batch",
-            "harness-train_on_batch-nolog", "harness-tape", "harness-tape-nolog")
+VARIANTS = (
+    "bare-fit",
+    "bare-fit-stream",
+    "bare-tape",
+    "bare-tape-ingraph",
+    "bare-train_on_batch",
+    "ceiling",
+    "harness-fit",
+    "harness-fit-nolog",
+    "harness-train_on_batch",
+    "harness-train_on_batch-nolog",
+    "harness-tape",
+    "harness-tape-nolog",
+)
 
 
 def _bench(*args, timeout=240):
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def _check_rows(rows, variants):
@@ -54,8 +69,10 @@ def test_quick_run_measures_every_variant(tmp_path):
     assert result["targets"], "the issue's targets are checked"
     interleaved = result["main"]["interleaved_tape"]  # the ceiling between tape executions
     assert interleaved["executions"] == len(interleaved["pairs"]) > 0
-    assert all(steps >= 1 and harness > 0 and ceiling > 0
-               for _, steps, harness, ceiling in interleaved["pairs"])
+    assert all(
+        steps >= 1 and harness > 0 and ceiling > 0
+        for _, steps, harness, ceiling in interleaved["pairs"]
+    )
     assert interleaved["median"] > 0 and interleaved["full_executions"] > 0
     harness = sum(pair[2] for pair in interleaved["pairs"])
     ceiling = sum(pair[3] for pair in interleaved["pairs"])
@@ -66,7 +83,8 @@ def test_quick_run_measures_every_variant(tmp_path):
     firsts = [p for i, p in enumerate(pairs) if not i or pairs[i - 1][0] != p[0]]
     assert len(firsts) == len({p[0] for p in pairs}) >= 1
     assert interleaved["first_executions"] == pytest.approx(
-        sum(p[3] for p in firsts) / sum(p[2] for p in firsts))
+        sum(p[3] for p in firsts) / sum(p[2] for p in firsts)
+    )
 
     markdown = (tmp_path / "bench.md").read_text()
     assert "| variant | examples/s (median) |" in markdown
@@ -77,8 +95,15 @@ def test_quick_run_measures_every_variant(tmp_path):
 
 
 def test_memory_in_fresh_subprocesses(tmp_path):
-    done = _bench("--quick", "--memory", "subprocess", "--variants", "bare-fit,harness-fit",
-                  "--out", str(tmp_path))
+    done = _bench(
+        "--quick",
+        "--memory",
+        "subprocess",
+        "--variants",
+        "bare-fit,harness-fit",
+        "--out",
+        str(tmp_path),
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "bench.json").read_text())["main"]["rows"]
     _check_rows(rows, ("bare-fit", "harness-fit"))
@@ -92,8 +117,10 @@ def test_memory_in_fresh_subprocesses(tmp_path):
 def test_knob_table(tmp_path):
     done = _bench("--quick", "--knobs", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = {(r["mode"], r["knob"]): r
-            for r in json.loads((tmp_path / "bench.json").read_text())["knobs"]["rows"]}
+    rows = {
+        (r["mode"], r["knob"]): r
+        for r in json.loads((tmp_path / "bench.json").read_text())["knobs"]["rows"]
+    }
     assert {mode for mode, _ in rows} == {"fit", "train_on_batch", "tape"}
     for mode in ("fit", "train_on_batch", "tape"):
         assert rows[(mode, "defaults")]["examples_per_second"] > 0
@@ -108,8 +135,10 @@ def test_knob_table(tmp_path):
     assert rejected.get("speedup") is None
     for mode in ("fit", "train_on_batch", "tape"):  # in fresh processes, paired likewise
         assert rows[(mode, "defaults, own process")]["examples_per_second"] > 0
-        for knob, field in (("intra_op_threads=1", "intra_op_threads"),
-                            ("inter_op_threads=1", "inter_op_threads")):
+        for knob, field in (
+            ("intra_op_threads=1", "intra_op_threads"),
+            ("inter_op_threads=1", "inter_op_threads"),
+        ):
             assert rows[(mode, knob)]["fields"] == {field: 1}
             assert rows[(mode, knob)]["speedup"] > 0, (mode, knob)
     assert len(list((tmp_path / "processes").glob("*.json"))) == 9
@@ -118,15 +147,18 @@ def test_knob_table(tmp_path):
     assert "| knob | fit | train_on_batch | tape |" in markdown
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--epochs", "1"), "--epochs=1"),
-    (("--variants", "bare-fit,warp-drive"), "warp-drive"),
-    (("--data_dir", "/nonexistent"), "holds no reuters.npz"),
-    (("--batch_sizes", "32,x"), "--batch_sizes"),
-    (("--num_examples", "0"), "--num_examples=0"),
-    (("--knobs", "intra_op_threads=1,warp"), "--knobs: unknown warp"),
-    (("--knobs", "--batch_sizes", "32"), "--knobs cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--epochs", "1"), "--epochs=1"),
+        (("--variants", "bare-fit,warp-drive"), "warp-drive"),
+        (("--data_dir", "/nonexistent"), "holds no reuters.npz"),
+        (("--batch_sizes", "32,x"), "--batch_sizes"),
+        (("--num_examples", "0"), "--num_examples=0"),
+        (("--knobs", "intra_op_threads=1,warp"), "--knobs: unknown warp"),
+        (("--knobs", "--batch_sizes", "32"), "--knobs cannot be combined"),
+    ],
+)
 def test_bad_arguments_exit_2(args, message):
     done = _bench(*args, timeout=60)
     assert done.returncode == 2

@@ -19,9 +19,25 @@ from harness.errors import UsageError
 REPO = Path(__file__).resolve().parents[1]
 
 # The flags the issue names; --helpfull must list every one.
-ISSUE_FLAGS = ("mode", "model", "dataset", "data_dir", "num_words", "max_len", "epochs",
-               "batch_size", "steps_per_epoch", "validation_steps", "optimizer",
-               "learning_rate", "clip_norm", "seed", "logdir", "run_name", "overwrite")
+ISSUE_FLAGS = (
+    "mode",
+    "model",
+    "dataset",
+    "data_dir",
+    "num_words",
+    "max_len",
+    "epochs",
+    "batch_size",
+    "steps_per_epoch",
+    "validation_steps",
+    "optimizer",
+    "learning_rate",
+    "clip_norm",
+    "seed",
+    "logdir",
+    "run_name",
+    "overwrite",
+)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -29,9 +45,15 @@ def run_cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedP
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return subprocess.run([sys.executable, "-m", "harness.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
@@ -111,8 +133,7 @@ def test_unwritable_logdir(tmp_path, workdir):
 
 
 # absl's own parser rejects these; run.py's flags_parser makes them one line, exit 2.
-@pytest.mark.parametrize("args", [["--epochs=abc"], ["--learning_rate=fast"],
-                                  ["--no_such_flag=1"]])
+@pytest.mark.parametrize("args", [["--epochs=abc"], ["--learning_rate=fast"], ["--no_such_flag=1"]])
 def test_unparseable_flag_is_one_line_exit_2(args, workdir):
     process = run_cli(*args, cwd=workdir)
     assert list(workdir.iterdir()) == []
@@ -131,9 +152,18 @@ def test_helpfull_lists_every_flag(workdir):
 
 def test_cli_run_end_to_end(workdir, load_json):
     """A whole run through the entrypoint: progress bar, one line per epoch, artifacts."""
-    process = run_cli("--mode=train_on_batch", "--epochs=2", "--num_examples=200",
-                      "--max_len=50", "--num_words=1000", "--lr_halve_epochs=2",
-                      "--run_name=cli", "--verbose=1", cwd=workdir, timeout=300)
+    process = run_cli(
+        "--mode=train_on_batch",
+        "--epochs=2",
+        "--num_examples=200",
+        "--max_len=50",
+        "--num_words=1000",
+        "--lr_halve_epochs=2",
+        "--run_name=cli",
+        "--verbose=1",
+        cwd=workdir,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     assert "Traceback" not in process.stderr
     out = process.stdout
@@ -153,8 +183,11 @@ def test_cli_run_end_to_end(workdir, load_json):
 
 def snapshot(folder: Path) -> dict:
     """Every file under `folder`: its bytes and modification time."""
-    return {path.relative_to(folder): (path.read_bytes(), path.stat().st_mtime_ns)
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(folder): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture
@@ -209,10 +242,10 @@ def test_resume_with_nothing_to_resume_is_an_error(make_config, run_train, logdi
     assert not logdir.exists()
 
 
-@pytest.mark.parametrize("flag, value", [("model", "subclass"), ("dataset", "reuters"),
-                                         ("seed", 7)])
-def test_resume_contradicting_the_saved_flags_is_an_error(finished_run, run_train, flag,
-                                                          value):
+@pytest.mark.parametrize(
+    "flag, value", [("model", "subclass"), ("dataset", "reuters"), ("seed", 7)]
+)
+def test_resume_contradicting_the_saved_flags_is_an_error(finished_run, run_train, flag, value):
     config, run_dir = finished_run
     before = snapshot(run_dir)
     changed = dataclasses.replace(config, resume=True, epochs=2, **{flag: value})

@@ -29,7 +29,7 @@ def _assert_pre_padded(x: np.ndarray) -> None:
     """Each row: zeros, then the start mark 1 (if it fits), then no more zeros."""
     for row in x:
         nonzero = np.flatnonzero(row)
-        assert nonzero.size and np.all(row[nonzero[0]:] != 0), row
+        assert nonzero.size and np.all(row[nonzero[0] :] != 0), row
 
 
 def test_synthetic_is_reuters_shaped():
@@ -81,7 +81,7 @@ def test_stream_passes_are_seeded_permutations_reshuffled_each_pass():
     batches = _batches(_stream().batches(), 3 * BATCHES_PER_PASS)
     sizes = [len(y) for _, y in batches]
     assert sizes == ([BATCH] * 6 + [2]) * 3  # each pass ends with its partial batch
-    passes = [np.concatenate([y for _, y in batches[i * 7:(i + 1) * 7]]) for i in range(3)]
+    passes = [np.concatenate([y for _, y in batches[i * 7 : (i + 1) * 7]]) for i in range(3)]
     for labels in passes:
         assert sorted(labels) == list(range(50))  # every example exactly once per pass
     assert not np.array_equal(passes[0], passes[1])  # reshuffled every pass
@@ -95,8 +95,10 @@ def test_stream_passes_are_seeded_permutations_reshuffled_each_pass():
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(batches, other))
 
 
-@pytest.mark.parametrize("start_step", [1, 5, BATCHES_PER_PASS - 1, BATCHES_PER_PASS,
-                                        BATCHES_PER_PASS + 3, 2 * BATCHES_PER_PASS + 6])
+@pytest.mark.parametrize(
+    "start_step",
+    [1, 5, BATCHES_PER_PASS - 1, BATCHES_PER_PASS, BATCHES_PER_PASS + 3, 2 * BATCHES_PER_PASS + 6],
+)
 def test_stream_positioned_at_a_step_equals_skipping_to_it(start_step):
     """What a resumed run (or any loop at global step k) sees is batch k onwards."""
     expected = _batches(_stream().batches().skip(start_step), BATCHES_PER_PASS + 2)
@@ -116,8 +118,9 @@ def test_full_and_partial_batches_cut_the_stream_in_two(start_step):
     assert [spec.shape.as_list() for spec in full.element_spec] == [[BATCH, 3], [BATCH]]
     assert [spec.shape.as_list() for spec in partial.element_spec] == [[2, 3], [2]]
     full, partial = iter(full), iter(partial)
-    for step, (x, y) in enumerate(_batches(stream.batches(start_step), 2 * BATCHES_PER_PASS),
-                                  start=start_step):
+    for step, (x, y) in enumerate(
+        _batches(stream.batches(start_step), 2 * BATCHES_PER_PASS), start=start_step
+    ):
         is_partial = stream.next_partial_step(step) == step
         assert is_partial == (step % BATCHES_PER_PASS == BATCHES_PER_PASS - 1)
         xa, ya = next(partial if is_partial else full)
@@ -130,8 +133,9 @@ def test_whole_batches_only_when_the_batch_size_divides_the_data():
     assert stream.partial_size == 0 and stream.next_partial_step(5) is None
     with pytest.raises(ValueError, match="no partial batches"):
         stream.partial_batches()
-    for (xa, ya), (xe, ye) in zip(_batches(stream.full_batches(4), 8),
-                                  _batches(stream.batches(4), 8)):
+    for (xa, ya), (xe, ye) in zip(
+        _batches(stream.full_batches(4), 8), _batches(stream.batches(4), 8)
+    ):
         np.testing.assert_array_equal(ya, ye)
         np.testing.assert_array_equal(xa, xe)
 
@@ -161,8 +165,9 @@ def _stages(nodes: dict, node) -> list:
 
 
 def _body_ops(graph, function_prefix: str) -> list:
-    (function,) = [f for f in graph.library.function
-                   if f.signature.name.startswith(function_prefix)]
+    (function,) = [
+        f for f in graph.library.function if f.signature.name.startswith(function_prefix)
+    ]
     return [node.op for node in function.node_def]
 
 
@@ -172,8 +177,9 @@ def test_stream_batches_do_not_depend_on_the_gathered_parts(rows_per_gather):
     batch) or 7 (the whole pass): the same batches as the default, one part per pass here."""
     whole_passes = _stream().batches()
     in_parts = _stream(rows_per_gather=rows_per_gather).batches()
-    for (xe, ye), (xa, ya) in zip(*(_batches(s, 2 * BATCHES_PER_PASS + 1)
-                                   for s in (whole_passes, in_parts))):
+    for (xe, ye), (xa, ya) in zip(
+        *(_batches(s, 2 * BATCHES_PER_PASS + 1) for s in (whole_passes, in_parts))
+    ):
         np.testing.assert_array_equal(ya, ye)
         np.testing.assert_array_equal(xa, xe)
 
@@ -188,7 +194,16 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     (retval,) = [node for node in graph.node if node.op == "_Retval"]
     stages = _stages(nodes, _input_of(nodes, retval.input[0]))
     assert [_op(node) for node in stages] == [
-        "Options", "Prefetch", "Skip", "FlatMap", "Prefetch", "Map", "FlatMap", "Map", "Range"]
+        "Options",
+        "Prefetch",
+        "Skip",
+        "FlatMap",
+        "Prefetch",
+        "Map",
+        "FlatMap",
+        "Map",
+        "Range",
+    ]
     for prefetch, ahead in ((stages[1], data.BATCHES_AHEAD), (stages[4], 1)):  # batches; a part
         assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == ahead
     # Each pass (Map over pass numbers): one permutation, cut into parts of rows...
@@ -201,7 +216,8 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
     batch_ops = _body_ops(graph, "__inference_Dataset_flat_map_batches_of")
     assert {"TensorSliceDataset", "TensorDataset", "ConcatenateDataset"} <= set(batch_ops)
     every_op = [node.op for node in graph.node] + [
-        node.op for function in graph.library.function for node in function.node_def]
+        node.op for function in graph.library.function for node in function.node_def
+    ]
     assert not {"ShuffleDatasetV3", "BatchDatasetV2", "CacheDatasetV2"} & set(every_op)
 
 
@@ -224,8 +240,15 @@ def test_steps_for():
 
 
 def _load_reuters(data_dir, max_len=100, num_examples=None):
-    return data.load("reuters", num_words=10000, max_len=max_len, seed=42, num_classes=46,
-                     num_examples=num_examples, data_dir=str(data_dir))
+    return data.load(
+        "reuters",
+        num_words=10000,
+        max_len=max_len,
+        seed=42,
+        num_classes=46,
+        num_examples=num_examples,
+        data_dir=str(data_dir),
+    )
 
 
 def test_reuters_loads_from_data_dir(shared_data, reuters_npz):
@@ -251,9 +274,18 @@ def test_reuters_loads_from_data_dir(shared_data, reuters_npz):
 
 
 def test_reuters_end_to_end(shared_data, reuters_npz, make_config, run_train, load_json):
-    config = make_config(mode="tape", dataset="reuters", data_dir=str(shared_data),
-                         num_examples=None, max_len=100, num_words=10000, steps_per_epoch=5,
-                         validation_steps=2, epochs=2, run_name="reuters")
+    config = make_config(
+        mode="tape",
+        dataset="reuters",
+        data_dir=str(shared_data),
+        num_examples=None,
+        max_len=100,
+        num_words=10000,
+        steps_per_epoch=5,
+        validation_steps=2,
+        epochs=2,
+        run_name="reuters",
+    )
     result, lines = run_train(config)
     run_dir = Path(result.run_dir)
     history = load_json(run_dir / "history.json")
@@ -275,10 +307,18 @@ def test_num_examples_keeps_the_first_reuters_training_examples(shared_data, reu
     assert len(set(subset.y_train)) > 20  # the loader's seeded shuffle: a mix of topics
 
 
-def test_a_reuters_subset_trains_on_its_own_steps(shared_data, reuters_npz, make_config,
-                                                  run_train, load_json):
-    config = make_config(mode="fit", dataset="reuters", data_dir=str(shared_data),
-                         num_examples=300, max_len=50, validation_steps=1, run_name="subset")
+def test_a_reuters_subset_trains_on_its_own_steps(
+    shared_data, reuters_npz, make_config, run_train, load_json
+):
+    config = make_config(
+        mode="fit",
+        dataset="reuters",
+        data_dir=str(shared_data),
+        num_examples=300,
+        max_len=50,
+        validation_steps=1,
+        run_name="subset",
+    )
     result, lines = run_train(config)
     assert "300 train / 2246 validation" in "\n".join(lines)
     checkpoint = tf.train.latest_checkpoint(str(Path(result.run_dir) / "checkpoints"))
@@ -287,9 +327,13 @@ def test_a_reuters_subset_trains_on_its_own_steps(shared_data, reuters_npz, make
 
 
 def test_num_examples_beyond_the_training_split_is_a_clear_error(
-        shared_data, reuters_npz, make_config, run_train, logdir):
-    with pytest.raises(UsageError, match=r"--num_examples=9000 is not allowed: reuters has "
-                                         r"8982 training examples"):
+    shared_data, reuters_npz, make_config, run_train, logdir
+):
+    with pytest.raises(
+        UsageError,
+        match=r"--num_examples=9000 is not allowed: reuters has "
+        r"8982 training examples",
+    ):
         run_train(make_config(dataset="reuters", data_dir=str(shared_data), num_examples=9000))
     assert not logdir.exists()
 
@@ -302,8 +346,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, make_config, run_train, log
     assert not logdir.exists()
 
 
-def test_data_dir_without_the_file_is_a_clear_error(tmp_path, make_config, run_train,
-                                                     logdir):
+def test_data_dir_without_the_file_is_a_clear_error(tmp_path, make_config, run_train, logdir):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match="holds no reuters.npz") as error:
@@ -313,21 +356,23 @@ def test_data_dir_without_the_file_is_a_clear_error(tmp_path, make_config, run_t
     assert list(empty.iterdir()) == []
 
 
-def test_truncated_file_fails_its_hash_check(tmp_path, reuters_npz, make_config, run_train,
-                                             logdir, offline):
+def test_truncated_file_fails_its_hash_check(
+    tmp_path, reuters_npz, make_config, run_train, logdir, offline
+):
     folder = tmp_path / "truncated"
     folder.mkdir()
     content = reuters_npz.read_bytes()
-    (folder / "reuters.npz").write_bytes(content[:len(content) // 2])
+    (folder / "reuters.npz").write_bytes(content[: len(content) // 2])
     with pytest.raises(UsageError, match="hash check"):
         run_train(make_config(dataset="reuters", data_dir=str(folder)))
     assert not logdir.exists()
     # The user's file is left as it was (Keras deletes only its private copy).
-    assert (folder / "reuters.npz").read_bytes() == content[:len(content) // 2]
+    assert (folder / "reuters.npz").read_bytes() == content[: len(content) // 2]
 
 
-def test_no_data_dir_offline_points_to_data_dir(tmp_path, monkeypatch, offline,
-                                                make_config, run_train, logdir):
+def test_no_data_dir_offline_points_to_data_dir(
+    tmp_path, monkeypatch, offline, make_config, run_train, logdir
+):
     """With an empty Keras cache and no network: a hint about --data_dir, no traceback."""
     monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(tmp_path / "keras"))
     with pytest.raises(UsageError, match="--data_dir"):

@@ -26,8 +26,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import pytest
 
@@ -40,8 +40,14 @@ JOB_TIMEOUT = 420  # seconds; everything runs at once on 2 cores, under other lo
 # default run (about 0.15% apart here; fit and tape about 0.02%). Keras 3 hands the whole
 # batch to every replica in train_on_batch, and with sparse (Embedding) gradients Adam's
 # second moment then differs, so its gap grows with the learning rate (up to 0.9% at lr 0.01).
-TINY = ["--num_examples=297", "--max_len=40", "--num_words=1000", "--batch_size=32",
-        "--learning_rate=0.005", "--verbose=0"]
+TINY = [
+    "--num_examples=297",
+    "--max_len=40",
+    "--num_words=1000",
+    "--batch_size=32",
+    "--learning_rate=0.005",
+    "--verbose=0",
+]
 MIRRORED = ["--strategy=mirrored", "--cpu_replicas=2"]
 LOSS_RTOL = 0.01
 RESUME_ATOL = 1e-4
@@ -65,12 +71,12 @@ class Job:
     `result()` waits for the last step that ran and returns it.
     """
 
-    def __init__(self, name: str, workdir: Path, steps: List[tuple]) -> None:
+    def __init__(self, name: str, workdir: Path, steps: list[tuple]) -> None:
         self.name = name
         self.workdir = workdir
         self.steps = steps
-        self.results: List[subprocess.CompletedProcess] = []
-        self.processes: List[subprocess.Popen] = []
+        self.results: list[subprocess.CompletedProcess] = []
+        self.processes: list[subprocess.Popen] = []
         self.seconds = 0.0
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
@@ -86,16 +92,23 @@ class Job:
             err = self.workdir / f"{self.name}.{index}.stderr"
             command = [sys.executable, "-m", "harness.run", *args]
             with open(out, "w") as stdout, open(err, "w") as stderr:
-                process = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                           stdout=stdout, stderr=stderr)
+                process = subprocess.Popen(
+                    command,
+                    cwd=REPO,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                )
                 self.processes.append(process)
                 try:
                     returncode = process.wait(timeout=JOB_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     returncode = process.wait()
-            self.results.append(subprocess.CompletedProcess(
-                command, returncode, out.read_text(), err.read_text()))
+            self.results.append(
+                subprocess.CompletedProcess(command, returncode, out.read_text(), err.read_text())
+            )
             if returncode != 0:
                 break
         self.seconds = time.monotonic() - started
@@ -110,7 +123,8 @@ class Job:
         result = self.result()
         assert len(self.results) == len(self.steps) and result.returncode == 0, (
             f"{self.name}: step {len(self.results) - 1} exited {result.returncode}; "
-            f"stderr:\n{result.stderr[-3000:]}")
+            f"stderr:\n{result.stderr[-3000:]}"
+        )
         return result
 
     def running(self) -> bool:
@@ -122,13 +136,14 @@ class Job:
                 process.kill()
 
 
-def wait_for_cluster(workers: List[Job], grace: float = 60) -> None:
+def wait_for_cluster(workers: list[Job], grace: float = 60) -> None:
     """Waits for every worker; once one has failed, the others get `grace` seconds to
     finish before they are killed (a worker left alone would wait for its peer)."""
     failed_at = None
     while any(job.running() for job in workers):
-        if failed_at is None and any(not job.running() and job.results
-                                     and job.results[-1].returncode != 0 for job in workers):
+        if failed_at is None and any(
+            not job.running() and job.results and job.results[-1].returncode != 0 for job in workers
+        ):
             failed_at = time.monotonic()
         if failed_at is not None and time.monotonic() - failed_at > grace:
             for job in workers:
@@ -136,7 +151,7 @@ def wait_for_cluster(workers: List[Job], grace: float = 60) -> None:
         time.sleep(0.2)
 
 
-def free_ports(count: int) -> List[int]:
+def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports free on 127.0.0.1 right now."""
     sockets = []
     try:
@@ -150,45 +165,87 @@ def free_ports(count: int) -> List[int]:
             sock.close()
 
 
-def tf_config(ports: List[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                       "task": {"type": "worker", "index": index}})
+def tf_config(ports: list[int], index: int) -> str:
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
 
 
 # --- What the tests need: declared here, started together -----------------------------------
 
 # Rejected up front: (id, args, TF_CONFIG or None, fragments of the one error line).
 REJECTED = [
-    ("multi_worker-fit", ["--mode=fit", "--strategy=multi_worker"], "VALID",
-     ["--mode=fit", "keras-team/keras#20585", "--mode=tape"]),
-    ("multi_worker-train_on_batch", ["--mode=train_on_batch", "--strategy=multi_worker"],
-     "VALID", ["--mode=train_on_batch", "keras-team/keras#20585", "--mode=tape"]),
-    ("multi_worker-no-TF_CONFIG", ["--mode=tape", "--strategy=multi_worker"], None,
-     ["TF_CONFIG"]),
-    ("multi_worker-TF_CONFIG-not-json", ["--mode=tape", "--strategy=multi_worker"],
-     "{cluster: worker", ["TF_CONFIG"]),
-    ("multi_worker-TF_CONFIG-no-task", ["--mode=tape", "--strategy=multi_worker"],
-     json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}), ["TF_CONFIG"]),
-    ("multi_worker-TF_CONFIG-index-out-of-range", ["--mode=tape", "--strategy=multi_worker"],
-     json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                 "task": {"type": "worker", "index": 2}}), ["TF_CONFIG"]),
-    ("multi_worker-TF_CONFIG-task-type-not-in-cluster",
-     ["--mode=tape", "--strategy=multi_worker"],
-     json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}),
-     ["TF_CONFIG"]),
+    (
+        "multi_worker-fit",
+        ["--mode=fit", "--strategy=multi_worker"],
+        "VALID",
+        ["--mode=fit", "keras-team/keras#20585", "--mode=tape"],
+    ),
+    (
+        "multi_worker-train_on_batch",
+        ["--mode=train_on_batch", "--strategy=multi_worker"],
+        "VALID",
+        ["--mode=train_on_batch", "keras-team/keras#20585", "--mode=tape"],
+    ),
+    ("multi_worker-no-TF_CONFIG", ["--mode=tape", "--strategy=multi_worker"], None, ["TF_CONFIG"]),
+    (
+        "multi_worker-TF_CONFIG-not-json",
+        ["--mode=tape", "--strategy=multi_worker"],
+        "{cluster: worker",
+        ["TF_CONFIG"],
+    ),
+    (
+        "multi_worker-TF_CONFIG-no-task",
+        ["--mode=tape", "--strategy=multi_worker"],
+        json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}),
+        ["TF_CONFIG"],
+    ),
+    (
+        "multi_worker-TF_CONFIG-index-out-of-range",
+        ["--mode=tape", "--strategy=multi_worker"],
+        json.dumps(
+            {
+                "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                "task": {"type": "worker", "index": 2},
+            }
+        ),
+        ["TF_CONFIG"],
+    ),
+    (
+        "multi_worker-TF_CONFIG-task-type-not-in-cluster",
+        ["--mode=tape", "--strategy=multi_worker"],
+        json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}),
+        ["TF_CONFIG"],
+    ),
     ("tpu", ["--mode=tape", "--strategy=tpu"], None, ["--strategy=tpu", "TPU"]),
     ("bogus", ["--mode=tape", "--strategy=bogus"], None, ["--strategy", "bogus"]),
 ]
 
 
-def _planned_jobs(root: Path) -> Dict[str, Callable[[], Job]]:
+def _planned_jobs(root: Path) -> dict[str, Callable[[], Job]]:
     """{job name: a function that starts it}. Names are what the tests ask for."""
-    plans: Dict[str, Callable[[], Job]] = {}
+    plans: dict[str, Callable[[], Job]] = {}
 
-    def run(name: str, *args: str, epochs: int = 2, env: Optional[dict] = None):
-        plans[name] = lambda: Job(name, root / name, [(
-            [*TINY, f"--epochs={epochs}", f"--logdir={root / name / 'logs'}",
-             "--run_name=run", *args], env or harness_env())]).start()
+    def run(name: str, *args: str, epochs: int = 2, env: dict | None = None):
+        plans[name] = lambda: Job(
+            name,
+            root / name,
+            [
+                (
+                    [
+                        *TINY,
+                        f"--epochs={epochs}",
+                        f"--logdir={root / name / 'logs'}",
+                        "--run_name=run",
+                        *args,
+                    ],
+                    env or harness_env(),
+                )
+            ],
+        ).start()
 
     for mode in MODES:
         run(f"default-{mode}", f"--mode={mode}", "--strategy=default")
@@ -196,16 +253,26 @@ def _planned_jobs(root: Path) -> Dict[str, Callable[[], Job]]:
 
     def resume(mode: str) -> Job:
         name = f"resume-{mode}"
-        common = [*TINY, f"--mode={mode}", *MIRRORED, f"--logdir={root / name / 'logs'}",
-                  "--run_name=run"]
-        return Job(name, root / name, [([*common, "--epochs=1"], harness_env()),
-                                       ([*common, "--epochs=2", "--resume"], harness_env())]
-                   ).start()
+        common = [
+            *TINY,
+            f"--mode={mode}",
+            *MIRRORED,
+            f"--logdir={root / name / 'logs'}",
+            "--run_name=run",
+        ]
+        return Job(
+            name,
+            root / name,
+            [
+                ([*common, "--epochs=1"], harness_env()),
+                ([*common, "--epochs=2", "--resume"], harness_env()),
+            ],
+        ).start()
 
     for mode in MODES:
         plans[f"resume-{mode}"] = lambda mode=mode: resume(mode)
 
-    def multi_worker() -> List[Job]:
+    def multi_worker() -> list[Job]:
         ports = free_ports(2)
         jobs = []
         for index in (0, 1):
@@ -214,9 +281,25 @@ def _planned_jobs(root: Path) -> Dict[str, Callable[[], Job]]:
             tmpdir = workdir / "tmp"  # where worker 1's throw-away run directory goes
             tmpdir.mkdir(parents=True)
             env = harness_env(TF_CONFIG=tf_config(ports, index), TMPDIR=str(tmpdir))
-            jobs.append(Job(name, workdir, [(
-                [*TINY, "--mode=tape", "--strategy=multi_worker", "--epochs=2",
-                 f"--logdir={workdir / 'logs'}", "--run_name=run"], env)]))
+            jobs.append(
+                Job(
+                    name,
+                    workdir,
+                    [
+                        (
+                            [
+                                *TINY,
+                                "--mode=tape",
+                                "--strategy=multi_worker",
+                                "--epochs=2",
+                                f"--logdir={workdir / 'logs'}",
+                                "--run_name=run",
+                            ],
+                            env,
+                        )
+                    ],
+                )
+            )
         for job in jobs:  # both at once: each waits for the other to join the cluster
             job.start()
         return jobs
@@ -234,7 +317,7 @@ def _planned_jobs(root: Path) -> Dict[str, Callable[[], Job]]:
 
 
 # The jobs each test needs (by test function name; parametrized tests by their id too).
-def _needs(test_name: str, param: str) -> List[str]:
+def _needs(test_name: str, param: str) -> list[str]:
     if test_name == "test_mirrored_matches_default":
         return [f"default-{param}", f"mirrored-{param}"]
     if test_name == "test_multi_worker_tape":
@@ -260,7 +343,7 @@ def jobs(request, tmp_path_factory):
     started = {name: plans[name]() for name in wanted}
     yield started
     if os.environ.get("DISTRIBUTE_TIMINGS"):
-        for name, value in started.items():
+        for value in started.values():
             for job in value if isinstance(value, list) else [value]:
                 print(f"{job.name:50s} {job.seconds:6.1f} s", file=sys.stderr)
     for value in started.values():
@@ -280,7 +363,8 @@ def assert_close(actual: list, expected: list, rtol: float, what: str) -> None:
     assert len(actual) == len(expected), (what, actual, expected)
     for epoch, (a, e) in enumerate(zip(actual, expected), start=1):
         assert abs(a - e) <= rtol * abs(e), (
-            f"{what}, epoch {epoch}: {a} vs {e} ({abs(a - e) / abs(e):.3%} apart)")
+            f"{what}, epoch {epoch}: {a} vs {e} ({abs(a - e) / abs(e):.3%} apart)"
+        )
 
 
 def assert_trained(losses: list) -> None:
@@ -312,8 +396,9 @@ def test_mirrored_matches_default(jobs, mode):
     assert actual["epoch"] == [1, 2]
     assert_trained(actual["loss"])
     assert_close(actual["loss"], expected["loss"], LOSS_RTOL, f"{mode}: mirrored vs default loss")
-    assert_close(actual["val_loss"], expected["val_loss"], LOSS_RTOL,
-                 f"{mode}: mirrored vs default val_loss")
+    assert_close(
+        actual["val_loss"], expected["val_loss"], LOSS_RTOL, f"{mode}: mirrored vs default val_loss"
+    )
 
 
 # --- (2) two real workers on 127.0.0.1, tape -------------------------------------------------
@@ -325,7 +410,8 @@ def test_multi_worker_tape(jobs):
     chief, other = chief_job.result(), other_job.result()
     assert (chief.returncode, other.returncode) == (0, 0), (
         f"chief exited {chief.returncode}:\n{chief.stderr[-2000:]}\n"
-        f"worker 1 exited {other.returncode}:\n{other.stderr[-2000:]}")
+        f"worker 1 exited {other.returncode}:\n{other.stderr[-2000:]}"
+    )
     assert "with 2 replicas" in chief.stdout, chief.stdout
 
     # The chief's loss is the single-process loss at the same global batch.
@@ -336,31 +422,36 @@ def test_multi_worker_tape(jobs):
     assert actual["epoch"] == [1, 2]
     assert_trained(actual["loss"])
     assert_close(actual["loss"], single["loss"], LOSS_RTOL, "multi_worker vs one process loss")
-    assert_close(actual["val_loss"], single["val_loss"], LOSS_RTOL,
-                 "multi_worker vs one process val_loss")
+    assert_close(
+        actual["val_loss"], single["val_loss"], LOSS_RTOL, "multi_worker vs one process val_loss"
+    )
 
     # Only the chief's run directory exists, with summaries and checkpoints.
-    assert event_files(run_dir / "train") and event_files(run_dir / "validation"), (
-        sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")))
+    assert event_files(run_dir / "train") and event_files(run_dir / "validation"), sorted(
+        str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+    )
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
     assert checkpoints, sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
     assert (run_dir / "best.keras").is_file()
 
     # The other worker's --logdir holds nothing, nor does its temporary folder.
     other_logdir = other_job.workdir / "logs"
-    assert not other_logdir.exists() or not any(other_logdir.iterdir()), (
-        sorted(str(p) for p in other_logdir.rglob("*")))
-    leftovers = sorted(p.name for p in (other_job.workdir / "tmp").iterdir()
-                       if p.name.startswith("harness-"))
+    assert not other_logdir.exists() or not any(other_logdir.iterdir()), sorted(
+        str(p) for p in other_logdir.rglob("*")
+    )
+    leftovers = sorted(
+        p.name for p in (other_job.workdir / "tmp").iterdir() if p.name.startswith("harness-")
+    )
     assert not leftovers, f"worker 1 left {leftovers} in its TMPDIR"
 
 
 # --- (3) what cannot run is refused before anything starts -----------------------------------
 
 
-@pytest.mark.parametrize("case_id, fragments",
-                         [pytest.param(case_id, fragments, id=case_id)
-                          for case_id, _, _, fragments in REJECTED])
+@pytest.mark.parametrize(
+    "case_id, fragments",
+    [pytest.param(case_id, fragments, id=case_id) for case_id, _, _, fragments in REJECTED],
+)
 def test_rejected_up_front(jobs, case_id, fragments):
     job = jobs[f"rejected-{case_id}"]
     result = job.result()
@@ -383,8 +474,7 @@ def test_resume_under_mirrored(jobs, mode):
     job = jobs[f"resume-{mode}"]
     resumed = job.ok()
     assert "MirroredStrategy with 2 replicas" in resumed.stdout
-    assert re.search(r"resumed from .*ckpt-\d+ at global step 10\b", resumed.stdout), (
-        resumed.stdout)
+    assert re.search(r"resumed from .*ckpt-\d+ at global step 10\b", resumed.stdout), resumed.stdout
     straight_job = jobs[f"mirrored-{mode}"]
     straight_job.ok()
     actual = history(job.workdir / "logs" / "run")

@@ -25,29 +25,40 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proc_util  # noqa: E402  (also puts the repository root on sys.path)
-from proc_util import assert_one_error_line, harness_lines  # noqa: E402
-
 import keras  # noqa: E402
+import proc_util  # noqa: E402  (also puts the repository root on sys.path)
 import tensorflow as tf  # noqa: E402
+from proc_util import assert_one_error_line, harness_lines  # noqa: E402
 
 from harness.errors import UsageError  # noqa: E402
 from tests import user_models  # noqa: E402
 
-TINY_FLAGS = ["--num_examples=100", "--max_len=20", "--num_words=1000", "--verbose=0",
-              "--epochs=1", "--histogram_freq=0", "--logdir=logs", "--run_name=r"]
+TINY_FLAGS = [
+    "--num_examples=100",
+    "--max_len=20",
+    "--num_words=1000",
+    "--verbose=0",
+    "--epochs=1",
+    "--histogram_freq=0",
+    "--logdir=logs",
+    "--run_name=r",
+]
 
 
 # --- 10: a user model that cannot train is refused before anything is written -------------
 
 BAD_MODELS = {
-    "wrong-units": ("tests.user_models:wrong_units",
-                    ["outputs [batch, 49]", "needs one output [batch, 46]"]),
+    "wrong-units": (
+        "tests.user_models:wrong_units",
+        ["outputs [batch, 49]", "needs one output [batch, 46]"],
+    ),
     "two-outputs": ("tests.user_models:two_outputs", ["has 2 outputs", "[batch, 46]"]),
     "no-trainable-weights": ("tests.user_models:no_weights", ["no trainable weights"]),
     "stdlib-function": ("os.path:join", ["is not a model builder", "TypeError"]),
-    "wrong-signature": ("harness.models:sequential",
-                        ["takes (input_shape, num_classes, num_words)", "not a builder"]),
+    "wrong-signature": (
+        "harness.models:sequential",
+        ["takes (input_shape, num_classes, num_words)", "not a builder"],
+    ),
     "not-callable": ("tests.user_models:NOT_A_FUNCTION", ["names a int, not a builder"]),
 }
 
@@ -55,18 +66,20 @@ BAD_MODELS = {
 @pytest.fixture(scope="module")
 def bad_model_runs(tmp_path_factory) -> dict:
     """{case: CompletedProcess} of each bad --model (and the raising builder), all at once."""
-    cases = {**{case: model for case, (model, _) in BAD_MODELS.items()},
-             "raises": "tests.user_models:raises"}
+    cases = {
+        **{case: model for case, (model, _) in BAD_MODELS.items()},
+        "raises": "tests.user_models:raises",
+    }
     processes, results = {}, {}
     try:
         for case, model in cases.items():
             work = tmp_path_factory.mktemp(case)
-            processes[case] = proc_util.Harness([*TINY_FLAGS, f"--model={model}"], work,
-                                                name="out")
+            processes[case] = proc_util.Harness([*TINY_FLAGS, f"--model={model}"], work, name="out")
         for case, process in processes.items():
             code = process.wait(timeout=180)
-            results[case] = subprocess.CompletedProcess(process.args, code, process.stdout,
-                                                        process.stderr)
+            results[case] = subprocess.CompletedProcess(
+                process.args, code, process.stdout, process.stderr
+            )
             results[case].logdir_exists = (process.cwd / "logs").exists()
     finally:
         for process in processes.values():
@@ -91,8 +104,10 @@ def test_builder_that_raises_shows_its_own_frames_then_one_harness_line(bad_mode
     assert 'user_models.py", line' in text and "in _check_vocabulary" in text, text
     assert "harness/" not in text.replace("harness: error:", ""), text  # no harness frames
     assert lines[-2] == "ValueError: vocabulary size 10000 is not a power of two", lines
-    assert lines[-1].startswith("harness: error: --model='tests.user_models:raises': the "
-                                "builder raised ValueError: vocabulary size 10000"), lines[-1]
+    assert lines[-1].startswith(
+        "harness: error: --model='tests.user_models:raises': the "
+        "builder raised ValueError: vocabulary size 10000"
+    ), lines[-1]
     assert sum(line.startswith("harness:") for line in lines) == 1, lines
     assert not run.logdir_exists
 
@@ -106,15 +121,22 @@ def _serve(saved_model: Path, tokens: np.ndarray) -> np.ndarray:
 
 
 def _tokens(config) -> np.ndarray:
-    return np.random.default_rng(3).integers(0, config.num_words, (5, config.max_len),
-                                             dtype=np.int32)
+    return np.random.default_rng(3).integers(
+        0, config.num_words, (5, config.max_len), dtype=np.int32
+    )
 
 
 @pytest.mark.parametrize("builder", ["custom_layer", "lambda_layer"])
 def test_export_of_a_model_keras_cannot_load_back_serves_the_best_weights(
-        builder, make_config, run_train):
-    config = make_config(model=f"tests.user_models:{builder}", run_name=builder, export=True,
-                         histogram_freq=0, num_examples=100)
+    builder, make_config, run_train
+):
+    config = make_config(
+        model=f"tests.user_models:{builder}",
+        run_name=builder,
+        export=True,
+        histogram_freq=0,
+        num_examples=100,
+    )
     result, lines = run_train(config)
     run_dir = Path(result.run_dir)
     assert any(f"SavedModel written to {run_dir / 'saved_model'}" in line for line in lines)
@@ -122,31 +144,43 @@ def test_export_of_a_model_keras_cannot_load_back_serves_the_best_weights(
     best = getattr(user_models, builder)((config.max_len,), 46)
     best.load_weights(run_dir / "best.keras")
     tokens = _tokens(config)
-    np.testing.assert_allclose(_serve(run_dir / "saved_model", tokens),
-                               best.predict(tokens, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        _serve(run_dir / "saved_model", tokens), best.predict(tokens, verbose=0), atol=1e-5
+    )
 
 
-def test_failed_export_keeps_the_run_and_resume_export_exports_it_without_training(
-        tmp_path):
+def test_failed_export_keeps_the_run_and_resume_export_exports_it_without_training(tmp_path):
     """A real full disk: the run trains, the disk fills up, `--resume --export` fails
     as one line and leaves nothing half-written; with room again it exports."""
     flags = [*TINY_FLAGS, "--model=tests.user_models:tiny", "--epochs=2"]
-    process = proc_util.in_a_tmpfs(tmp_path, """
+    process = proc_util.in_a_tmpfs(
+        tmp_path,
+        """
 $HARNESS > train.out 2> train.err; echo TRAIN-EXIT=$?
 dd if=/dev/zero of=logs/filler bs=64k 2> /dev/null
 $HARNESS --resume --export > full.out 2> full.err; echo FULL-EXIT=$?
 echo LEFT: $(ls -a logs/r)
 rm logs/filler
 $HARNESS --resume --export > export.out 2> export.err; echo EXPORT-EXIT=$?
-""", flags, size="60m")
+""",
+        flags,
+        size="60m",
+    )
     output = process.stdout
     assert "TRAIN-EXIT=0" in output, (tmp_path / "train.err").read_text()[-2000:]
     assert "FULL-EXIT=1" in output, output + (tmp_path / "full.err").read_text()[-2000:]
-    lines = [line for line in (tmp_path / "full.err").read_text().splitlines()
-             if line.startswith("harness:")]
+    lines = [
+        line
+        for line in (tmp_path / "full.err").read_text().splitlines()
+        if line.startswith("harness:")
+    ]
     assert len(lines) == 1 and "Traceback" not in (tmp_path / "full.err").read_text(), lines
-    for fragment in ("--export failed", "No space left on device", "--resume --export",
-                     "--run_name=r"):
+    for fragment in (
+        "--export failed",
+        "No space left on device",
+        "--resume --export",
+        "--run_name=r",
+    ):
         assert fragment in lines[0], lines
     left = output.split("LEFT:")[1].split("EXPORT-EXIT")[0].split()
     assert not [name for name in left if "saved_model" in name or "tmp" in name], left
@@ -157,12 +191,14 @@ $HARNESS --resume --export > export.out 2> export.err; echo EXPORT-EXIT=$?
     assert len(json_history(run_dir)["epoch"]) == 2  # nothing trained again
     best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True)
     tokens = np.random.default_rng(3).integers(0, 1000, (5, 20), dtype=np.int32)
-    np.testing.assert_allclose(_serve(run_dir / "saved_model", tokens),
-                               best.predict(tokens, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        _serve(run_dir / "saved_model", tokens), best.predict(tokens, verbose=0), atol=1e-5
+    )
 
 
 def json_history(run_dir: Path) -> dict:
     import json
+
     with open(run_dir / "history.json") as f:
         return json.load(f)
 
@@ -170,18 +206,29 @@ def json_history(run_dir: Path) -> dict:
 # --- 13: data offline ---------------------------------------------------------------------
 
 
-def test_missing_reuters_offline_says_the_download_failed_and_names_data_dir(tmp_path,
-                                                                             offline):
+def test_missing_reuters_offline_says_the_download_failed_and_names_data_dir(tmp_path, offline):
     """No --data_dir, an empty Keras cache (a temporary HOME), no internet."""
     home = tmp_path / "home"
     home.mkdir()
     env = dict(proc_util.harness_env(), HOME=str(home), KERAS_HOME=str(home / ".keras"))
-    run = subprocess.run([sys.executable, "-m", "harness.run", "--dataset=reuters",
-                          *TINY_FLAGS], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=180, stdin=subprocess.DEVNULL)
-    line = assert_one_error_line(run, "--dataset=reuters", "reuters.npz",
-                                 f"not in the Keras cache ({home / '.keras' / 'datasets'})",
-                                 "the download failed", "no internet?", "--data_dir=")
+    run = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--dataset=reuters", *TINY_FLAGS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    line = assert_one_error_line(
+        run,
+        "--dataset=reuters",
+        "reuters.npz",
+        f"not in the Keras cache ({home / '.keras' / 'datasets'})",
+        "the download failed",
+        "no internet?",
+        "--data_dir=",
+    )
     assert "(Exception)" not in line
     assert re.search(r"download failed \(Exception: URL fetch failure on https?://\S+", line)
     assert not (tmp_path / "logs").exists()
@@ -189,7 +236,8 @@ def test_missing_reuters_offline_says_the_download_failed_and_names_data_dir(tmp
 
 
 def test_data_dir_file_failing_its_hash_is_never_replaced_by_a_download(
-        reuters_npz, tmp_path, monkeypatch, make_config, run_train, logdir):
+    reuters_npz, tmp_path, monkeypatch, make_config, run_train, logdir
+):
     """Keras's get_file downloads a file that fails its hash check. With a real
     proxy listening on 127.0.0.1 (it answers nothing), a download attempt shows
     as a connection: there must be none, and the user's file is reported."""

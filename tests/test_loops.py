@@ -1,6 +1,6 @@
 """The three loops, every built-in model, both heads and user models.
 
-Real TensorFlow training in this process through `harness.train.train`, with
+Real TensorFlow training in this process through `harness.train`, with
 tiny configs; each test reads back what the run left on disk (history.json,
 flags.json, the checkpoints) and checks its contents.
 """
@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import data, models, tracing
+from harness import data, models, tracing, train
 from harness.catalog import MIN_MAX_LEN
 from harness.config import BUILTIN_MODELS, MODES, Config
 from harness.errors import UsageError
 from harness.loops.tape_steps import _StaticBatches
-from harness.train import train
 
 MULTICLASS_METRICS = ("loss", "accuracy", "top5_accuracy")
 BINARY_METRICS = ("loss", "accuracy", "auc")
@@ -31,8 +30,11 @@ def _keys(metrics) -> set:
 def _global_step(checkpoint: str) -> int:
     """The optimizer's step count saved in `checkpoint`."""
     reader = tf.train.load_checkpoint(checkpoint)
-    names = [name for name, shape in tf.train.list_variables(checkpoint)
-             if name.startswith("optimizer/") and "iterations" in name and shape == []]
+    names = [
+        name
+        for name, shape in tf.train.list_variables(checkpoint)
+        if name.startswith("optimizer/") and "iterations" in name and shape == []
+    ]
     assert len(names) == 1, names
     return int(reader.get_tensor(names[0]))
 
@@ -48,8 +50,9 @@ def check_run(result, config: Config, metrics, load_json) -> dict:
     assert history == result.history
     assert history["epoch"] == list(range(1, config.epochs + 1))
     assert _keys(metrics) <= set(history), sorted(history)
-    other_head = set(_keys(BINARY_METRICS if metrics == MULTICLASS_METRICS
-                            else MULTICLASS_METRICS)) - _keys(metrics)
+    other_head = set(
+        _keys(BINARY_METRICS if metrics == MULTICLASS_METRICS else MULTICLASS_METRICS)
+    ) - _keys(metrics)
     assert not other_head & set(history), sorted(history)
     for name in _keys(metrics) - {"epoch"}:
         values = history[name]
@@ -78,8 +81,7 @@ SINGLE_INPUT_MODELS = [model for model in BUILTIN_MODELS if model != "multi_io"]
 
 @pytest.mark.parametrize("model", SINGLE_INPUT_MODELS)
 @pytest.mark.parametrize("mode", MODES)
-def test_every_mode_trains_every_builtin_model(mode, model, make_config, run_train,
-                                               load_json):
+def test_every_mode_trains_every_builtin_model(mode, model, make_config, run_train, load_json):
     config = make_config(mode=mode, model=model, run_name=f"{model}-{mode}")
     result, lines = run_train(config)
     check_run(result, config, MULTICLASS_METRICS, load_json)
@@ -89,8 +91,7 @@ def test_every_mode_trains_every_builtin_model(mode, model, make_config, run_tra
 
 # Each loop once on the binary task, each with another model.
 @pytest.mark.parametrize("mode, model", list(zip(MODES, SINGLE_INPUT_MODELS)))
-def test_binary_head_reports_accuracy_and_auc(mode, model, make_config, run_train,
-                                              load_json):
+def test_binary_head_reports_accuracy_and_auc(mode, model, make_config, run_train, load_json):
     config = make_config(mode=mode, model=model, num_classes=2, run_name="binary")
     result, lines = run_train(config)
     history = check_run(result, config, BINARY_METRICS, load_json)
@@ -124,10 +125,11 @@ def test_min_max_len_matches_each_model(model):
 # --- User models by import path ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode, num_classes, metrics", [
-    ("tape", None, MULTICLASS_METRICS), ("train_on_batch", 2, BINARY_METRICS)])
-def test_user_model_by_import_path(mode, num_classes, metrics, make_config, run_train,
-                                   load_json):
+@pytest.mark.parametrize(
+    "mode, num_classes, metrics",
+    [("tape", None, MULTICLASS_METRICS), ("train_on_batch", 2, BINARY_METRICS)],
+)
+def test_user_model_by_import_path(mode, num_classes, metrics, make_config, run_train, load_json):
     config = make_config(mode=mode, model="tests.user_models:tiny", num_classes=num_classes)
     result, _ = run_train(config)
     check_run(result, config, metrics, load_json)
@@ -135,13 +137,16 @@ def test_user_model_by_import_path(mode, num_classes, metrics, make_config, run_
     assert Path(result.run_dir).name.startswith(f"tiny-{mode}-")
 
 
-@pytest.mark.parametrize("path, message", [
-    ("tests.user_models:missing", "does not import"),
-    ("tests.no_such_module:tiny", "does not import"),
-    ("no_such_package.models:build", "does not import"),
-    ("tests.user_models:not_a_model", "not a keras.Model"),
-    ("tests.user_models:NOT_A_FUNCTION", "not a builder"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("tests.user_models:missing", "does not import"),
+        ("tests.no_such_module:tiny", "does not import"),
+        ("no_such_package.models:build", "does not import"),
+        ("tests.user_models:not_a_model", "not a keras.Model"),
+        ("tests.user_models:NOT_A_FUNCTION", "not a builder"),
+    ],
+)
 def test_bad_user_model_is_a_clear_error(path, message, make_config, run_train, logdir):
     with pytest.raises(UsageError, match=message) as error:
         run_train(make_config(model=path))
@@ -162,10 +167,14 @@ def runs_by_mode(tmp_path_factory, tiny_config, run_train):
     runs = {}
     for mode in MODES:
         logdir = tmp_path_factory.mktemp(f"agree-{mode}")
-        runs[mode] = tuple(run_train(tiny_config(logdir, mode=mode, epochs=epochs,
-                                                 learning_rate=0.01,
-                                                 run_name=f"e{epochs}"))[0]
-                           for epochs in (1, 3))
+        runs[mode] = tuple(
+            run_train(
+                tiny_config(
+                    logdir, mode=mode, epochs=epochs, learning_rate=0.01, run_name=f"e{epochs}"
+                )
+            )[0]
+            for epochs in (1, 3)
+        )
     return runs
 
 
@@ -177,15 +186,16 @@ def test_loops_agree_for_three_epochs(runs_by_mode, name):
     for mode in ("train_on_batch", "tape"):
         values = runs_by_mode[mode][1].history[name]
         for epoch, (ours, theirs) in enumerate(zip(values, reference), start=1):
-            assert abs(ours - theirs) <= 0.01 * abs(theirs), (mode, name, epoch, values,
-                                                               reference)
+            assert abs(ours - theirs) <= 0.01 * abs(theirs), (mode, name, epoch, values, reference)
 
 
 def test_same_seed_repeats_the_first_epoch(runs_by_mode):
     for mode, (one, three) in runs_by_mode.items():
         for name in ("loss", "val_loss", "accuracy"):
-            assert one.history[name][0] == pytest.approx(three.history[name][0],
-                                                         rel=1e-4), (mode, name)
+            assert one.history[name][0] == pytest.approx(three.history[name][0], rel=1e-4), (
+                mode,
+                name,
+            )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -213,9 +223,11 @@ def test_tape_traces_the_partial_batch_step_in_the_first_epoch(make_config):
     traces = {}
     for epochs in (1, 4):
         counter = _TracesAfterEachEpoch()
-        train(make_config(mode="tape", epochs=epochs, steps_per_epoch=3,
-                          run_name=f"e{epochs}"), print_fn=lambda line: None,
-              callbacks=[counter])
+        train(
+            make_config(mode="tape", epochs=epochs, steps_per_epoch=3, run_name=f"e{epochs}"),
+            print_fn=lambda line: None,
+            callbacks=[counter],
+        )
         traces[epochs] = counter.train
     assert traces[1] == [1]  # the full batches' step only
     assert traces[4] == [2, 2, 2, 2]  # and the partial batches' step, in epoch 1 too
@@ -233,8 +245,9 @@ def test_train_on_batch_resets_metrics_in_one_compiled_call(make_config):
     reset once (the loops agree above, so each call still sees one batch) and
     gives the model its own method back afterwards."""
     peek = _ModelPeek()
-    train(make_config(mode="train_on_batch", epochs=2), print_fn=lambda line: None,
-          callbacks=[peek])
+    train(
+        make_config(mode="train_on_batch", epochs=2), print_fn=lambda line: None, callbacks=[peek]
+    )
     assert isinstance(peek.reset_metrics, tf.types.experimental.PolymorphicFunction)
     assert peek.reset_metrics.experimental_get_tracing_count() == 1
     assert "reset_metrics" not in vars(peek.model)
@@ -261,13 +274,19 @@ def test_tape_validates_in_executions(make_config):
     seen, histories = {}, {}
     for per_execution in (1, 3):
         hooks = _TestBatchHooks()
-        result = train(make_config(mode="tape", batch_size=8, steps_per_execution=per_execution,
-                                   run_name=f"spe{per_execution}"),
-                       print_fn=lambda line: None, callbacks=[hooks])
+        result = train(
+            make_config(
+                mode="tape",
+                batch_size=8,
+                steps_per_execution=per_execution,
+                run_name=f"spe{per_execution}",
+            ),
+            print_fn=lambda line: None,
+            callbacks=[hooks],
+        )
         seen[per_execution], histories[per_execution] = hooks.seen, result.history
     assert seen[1] == [(hook, batch) for batch in range(7) for hook in ("begin", "end")]
-    assert seen[3] == [("begin", 0), ("end", 2), ("begin", 3), ("end", 5),
-                       ("begin", 6), ("end", 6)]
+    assert seen[3] == [("begin", 0), ("end", 2), ("begin", 3), ("end", 5), ("begin", 6), ("end", 6)]
     for name in ("val_loss", "val_accuracy", "val_top5_accuracy"):
         assert histories[3][name] == pytest.approx(histories[1][name], rel=1e-5), name
 
@@ -295,8 +314,9 @@ def test_tape_input_reads_the_stream_in_order(start_step, counts):
 
 def test_synthetic_data_is_learnable(tmp_path, run_train):
     """The default sequential model, 2 epochs: validation accuracy far above 1/46."""
-    config = Config(num_examples=2000, epochs=2, verbose=0, logdir=str(tmp_path),
-                    run_name="learn").validate()
+    config = Config(
+        num_examples=2000, epochs=2, verbose=0, logdir=str(tmp_path), run_name="learn"
+    ).validate()
     result, _ = run_train(config)
     history = result.history
     assert history["val_accuracy"][-1] > 0.2, history

@@ -25,10 +25,18 @@ def test_readme_flag_tables_are_current():
 
 def test_the_flags_are_checked_without_tensorflow():
     """The entrypoint, the config and the loop registry import no TensorFlow."""
-    code = ("import sys, harness.run, harness.loops, harness.flags_doc; "
-            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], env=harness_env(), capture_output=True,
-                          text=True, timeout=60, check=True)
+    code = (
+        "import sys, harness.run, harness.loops, harness.flags_doc; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=harness_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
@@ -40,8 +48,10 @@ def test_modes_come_from_the_loop_registry():
 
 @pytest.mark.parametrize("mode, expected", [("fit", 1), ("train_on_batch", 1), ("tape", 20)])
 def test_auto_steps_per_execution_is_the_loops(mode, expected):
-    assert Config(mode=mode, summary_every_steps=40, checkpoint_every_steps=60
-                  ).execution_steps == expected
+    assert (
+        Config(mode=mode, summary_every_steps=40, checkpoint_every_steps=60).execution_steps
+        == expected
+    )
 
 
 def test_validate_marks_the_config_and_a_replaced_copy_is_checked_again():

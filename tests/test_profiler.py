@@ -22,11 +22,11 @@ import pytest
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from callbacks import profile_render, profile_xprof
-from callbacks.profile_windows import parse_profile_steps
-from callbacks.profiler import ProfilerCallback, profiler_options, start_profiler_server
+from harness import train
+from harness.callbacks import profile_render, profile_xprof
+from harness.callbacks.profile_windows import parse_profile_steps
+from harness.callbacks.profiler import ProfilerCallback, profiler_options, start_profiler_server
 from harness.config import MODES, Config
-from harness.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
@@ -201,8 +201,10 @@ def test_cpu_capture_has_an_empty_kernel_table(fit_run):
     assert "no GPU kernels traced (CPU-only capture)" in profile_render.format_tables(tables)
     assert "no GPU kernels traced (CPU-only capture)" in output[0]
     csv_lines = (_xplanes(run_dir)[0].parent / "profile_kernels.csv").read_text().splitlines()
-    assert csv_lines == ["kernel_name,count,total_us,avg_us,uses_tensor_cores,"
-                         "tensor_core_eligible,op_name,grid,block"]
+    assert csv_lines == [
+        "kernel_name,count,total_us,avg_us,uses_tensor_cores,"
+        "tensor_core_eligible,op_name,grid,block"
+    ]
 
 
 @pytest.mark.parametrize("driver", ["tape", "train_on_batch"])
@@ -310,8 +312,11 @@ def harness_runs(tmp_path_factory, tiny_config):
     for mode in MODES:
         logdir = tmp_path_factory.mktemp(f"profiled-{mode}")
         executions, lines = _Executions(), []
-        result = train(tiny_config(logdir, mode=mode, epochs=2, profile_steps=(WINDOW,)),
-                       print_fn=lines.append, callbacks=[executions])
+        result = train(
+            tiny_config(logdir, mode=mode, epochs=2, profile_steps=(WINDOW,)),
+            print_fn=lines.append,
+            callbacks=[executions],
+        )
         runs[mode] = (result, lines, executions)
     return runs
 
@@ -323,8 +328,11 @@ def _xprof_steps(capture: tuple[Path, ...], tool: str) -> list[str]:
     with tempfile.TemporaryDirectory() as scratch:
         copies = [str(shutil.copy(path, scratch)) for path in capture]
         data, _ = raw_to_tool_data.xspace_to_tool_data(copies, tool, {})
-    tables = [table for table in json.loads(data)
-              if any(col.get("id") == "stepnum" for col in table.get("cols", []))]
+    tables = [
+        table
+        for table in json.loads(data)
+        if any(col.get("id") == "stepnum" for col in table.get("cols", []))
+    ]
     assert len(tables) == 1, (tool, data[:500])
     return [row["c"][0]["v"] for row in tables[0].get("rows", [])]
 
@@ -350,8 +358,7 @@ def test_tape_runs_only_the_window_one_step_per_call(harness_runs):
     first step of a run that profiles runs alone too (the one-step call's first run)."""
     assert Config(mode="tape", profile_steps=(WINDOW,)).execution_steps == 100
     _, _, executions = harness_runs["tape"]
-    assert executions.train == [(1, 1), (2, 5), *((step, step) for step in range(6, 12)),
-                                (12, 16)]
+    assert executions.train == [(1, 1), (2, 5), *((step, step) for step in range(6, 12)), (12, 16)]
     assert executions.test == [[(0, 0), (1, 1)], [(0, 1)]]
 
 
@@ -369,10 +376,27 @@ def cli_run(tmp_path_factory):
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "harness.run", "--mode=tape", "--num_examples=250",
-             "--max_len=60", "--num_words=1000", "--batch_size=32", "--epochs=1", "--verbose=0",
-             f"--logdir={logdir}", "--profile_steps=2,3;20,30", f"--profiler_port={port}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "harness.run",
+                "--mode=tape",
+                "--num_examples=250",
+                "--max_len=60",
+                "--num_words=1000",
+                "--batch_size=32",
+                "--epochs=1",
+                "--verbose=0",
+                f"--logdir={logdir}",
+                "--profile_steps=2,3;20,30",
+                f"--profiler_port={port}",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stderr
     return port, result
 
@@ -382,8 +406,10 @@ def test_profiler_port_in_use_is_one_warning_not_a_server_line(cli_run):
     bind failed); profiling is best-effort, so it is one warning and training goes on."""
     port, result = cli_run
     about_port = [line for line in result.stdout.splitlines() if str(port) in line]
-    assert about_port == [f"WARNING: profiler server not started: port {port} is in use "
-                          "(Address already in use); training continues without it."]
+    assert about_port == [
+        f"WARNING: profiler server not started: port {port} is in use "
+        "(Address already in use); training continues without it."
+    ]
     assert "profiler server on port" not in result.stdout
 
 
@@ -394,9 +420,11 @@ def test_window_beyond_the_last_step_is_one_warning_at_the_start(cli_run):
     warned = [i for i, line in enumerate(lines) if "20-30" in line]
     assert [lines[i] for i in warned] == [
         "WARNING: ProfilerCallback: profile window 20-30 ends after the run's last step 8; "
-        "it is never captured."]
-    captured = next(i for i, line in enumerate(lines)
-                    if line.startswith("ProfilerCallback: profiled steps 2-3"))
+        "it is never captured."
+    ]
+    captured = next(
+        i for i, line in enumerate(lines) if line.startswith("ProfilerCallback: profiled steps 2-3")
+    )
     assert warned[0] < captured
 
 

@@ -36,18 +36,18 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import keras  # noqa: E402
 import proc_util  # noqa: E402  (also puts the repository root on sys.path)
+import tensorflow as tf  # noqa: E402
 from proc_util import Harness, assert_one_error_line, harness_lines, snapshot  # noqa: E402
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from callbacks import events  # noqa: E402
 from harness import data  # noqa: E402
+from harness.callbacks import events  # noqa: E402
 from harness.config import Config  # noqa: E402
 from harness.errors import HarnessError, UsageError  # noqa: E402
 
 MODES = ("fit", "train_on_batch", "tape")
+
 
 def read_json(path) -> dict:
     with open(path) as f:
@@ -59,10 +59,21 @@ def read_json(path) -> dict:
 EPOCHS = 4
 STEPS_PER_EPOCH = 25  # 800 examples / batch 32
 SUMMARY_EVERY = 3
-RUN_FLAGS = [f"--epochs={EPOCHS}", "--num_examples=800", "--max_len=40", "--num_words=1000",
-             "--batch_size=32", "--learning_rate=0.01", "--lr_halve_epochs=3",
-             "--checkpoint_every_steps=10", f"--summary_every_steps={SUMMARY_EVERY}",
-             "--histogram_freq=2", "--keep_checkpoints=3", "--verbose=0", "--logdir=logs"]
+RUN_FLAGS = [
+    f"--epochs={EPOCHS}",
+    "--num_examples=800",
+    "--max_len=40",
+    "--num_words=1000",
+    "--batch_size=32",
+    "--learning_rate=0.01",
+    "--lr_halve_epochs=3",
+    "--checkpoint_every_steps=10",
+    f"--summary_every_steps={SUMMARY_EVERY}",
+    "--histogram_freq=2",
+    "--keep_checkpoints=3",
+    "--verbose=0",
+    "--logdir=logs",
+]
 # Run name: (mode, signal). Each is signalled once a step checkpoint past the
 # first epoch exists (ckpt-30: 5 steps into epoch 2; the next one is at 40);
 # SIGKILL waits until a batch summary past that checkpoint is on disk too, so
@@ -97,33 +108,37 @@ def interrupted(tmp_path_factory):
     try:
         references = {}
         for mode in MODES:
-            references[mode] = Harness([f"--mode={mode}", f"--run_name=ref-{mode}", *RUN_FLAGS],
-                                       work, name=f"ref-{mode}")
+            references[mode] = Harness(
+                [f"--mode={mode}", f"--run_name=ref-{mode}", *RUN_FLAGS], work, name=f"ref-{mode}"
+            )
             processes.append(references[mode])
         victims = {}
         for name, (mode, signal_number) in VICTIMS.items():
-            process = Harness([f"--mode={mode}", f"--run_name={name}", *RUN_FLAGS], work,
-                              name=name)
+            process = Harness([f"--mode={mode}", f"--run_name={name}", *RUN_FLAGS], work, name=name)
             processes.append(process)
             victims[name] = Stopped(name, mode, signal_number, process)
 
         waiting = dict(victims)
-        tails = {name: events.EventTail(victim.run_dir / "train", "batch_loss")
-                 for name, victim in victims.items()}
+        tails = {
+            name: events.EventTail(victim.run_dir / "train", "batch_loss")
+            for name, victim in victims.items()
+        }
         deadline = time.monotonic() + 150
         while waiting and time.monotonic() < deadline:
             for name, victim in list(waiting.items()):
                 steps = proc_util.listed_steps(victim.run_dir / "checkpoints")
                 newest = max(steps, default=0)
                 if newest > STEPS_PER_EPOCH and (
-                        victim.signal_number != signal.SIGKILL
-                        or max(tails[name].poll(), default=0) > newest):
+                    victim.signal_number != signal.SIGKILL
+                    or max(tails[name].poll(), default=0) > newest
+                ):
                     victim.process.send(victim.signal_number)
                     victim.checkpoints_at_signal = steps
                     del waiting[name]
                 elif not victim.process.running():
-                    raise AssertionError(f"{name} ended before it was signalled: "
-                                         f"{victim.process.stderr[-3000:]}")
+                    raise AssertionError(
+                        f"{name} ended before it was signalled: {victim.process.stderr[-3000:]}"
+                    )
             time.sleep(0.002)
         assert not waiting, f"never reached a checkpoint past epoch 1: {sorted(waiting)}"
 
@@ -134,11 +149,12 @@ def interrupted(tmp_path_factory):
             if (victim.run_dir / "history.json").exists():
                 victim.epochs_after_stop = read_json(victim.run_dir / "history.json")["epoch"]
             victim.batch_steps_after_stop = events.read(victim.run_dir / "train").steps(
-                "batch_loss")
+                "batch_loss"
+            )
             if victim.signal_number == signal.SIGKILL:
                 victim.resume_args = [*victim.process.args, "--resume"]
             else:  # the command the harness printed
-                line = [l for l in victim.stderr.splitlines() if "resume with:" in l]
+                line = [text for text in victim.stderr.splitlines() if "resume with:" in text]
                 assert line, victim.stderr[-3000:]
                 command = shlex.split(line[-1].split("resume with:", 1)[1])
                 assert command[:3] == [sys.executable, "-m", "harness.run"], command
@@ -180,7 +196,8 @@ def _assert_resumed_run_equals_reference(victim: Stopped, reference: Harness) ->
         if epoch != interrupted_epoch:
             for name in ("loss", "accuracy"):
                 assert history[name][epoch - 1] == pytest.approx(
-                    expected[name][epoch - 1], abs=1e-4), (name, epoch)
+                    expected[name][epoch - 1], abs=1e-4
+                ), (name, epoch)
     # The comparison has teeth: the curves moved far more than the tolerance.
     assert abs(expected["val_loss"][-1] - expected["val_loss"][0]) > 1e-2
 
@@ -192,8 +209,9 @@ def test_kill9_mid_epoch_then_resume_equals_uninterrupted_run(interrupted, mode)
     # Killed part-way through epoch 2: history.json held epoch 1 only.
     assert victim.epochs_after_stop == [1]
     step = _restored_step(victim)
-    assert step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH, \
+    assert step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH, (
         f"resumed at step {step}, not mid-epoch"
+    )
     assert step >= max(victim.checkpoints_at_signal)
     # Summaries past the checkpoint had reached the disk; the resume dropped them.
     orphans = [s for s in victim.batch_steps_after_stop if s > step]
@@ -216,8 +234,13 @@ def test_kill9_then_resume_shows_no_step_twice_in_tensorboard(interrupted, mode)
     assert set(steps) <= set(events.read(reference / "train").steps("batch_loss"))
     # Everything after the restored step was written by the resumed process.
     restored = _restored_step(victim)
-    expected_after = list(range(restored // SUMMARY_EVERY * SUMMARY_EVERY + SUMMARY_EVERY,
-                                EPOCHS * STEPS_PER_EPOCH + 1, SUMMARY_EVERY))
+    expected_after = list(
+        range(
+            restored // SUMMARY_EVERY * SUMMARY_EVERY + SUMMARY_EVERY,
+            EPOCHS * STEPS_PER_EPOCH + 1,
+            SUMMARY_EVERY,
+        )
+    )
     assert [s for s in steps if s > restored] == expected_after
 
 
@@ -271,11 +294,13 @@ def test_best_model_after_interruption_loads_safely_and_is_the_best_epoch(interr
     victim = interrupted["victims"][name]
     history = read_json(victim.run_dir / "history.json")
     model = keras.saving.load_model(victim.run_dir / "best.keras", safe_mode=True)
-    splits = data.synthetic(num_examples=800, num_words=1000, max_len=40, num_classes=46,
-                            seed=Config().seed)
+    splits = data.synthetic(
+        num_examples=800, num_words=1000, max_len=40, num_classes=46, seed=Config().seed
+    )
     # The compiled loss (with the model's regularization terms), as in val_loss.
-    loss = model.evaluate(splits.x_val, splits.y_val, batch_size=32, verbose=0,
-                          return_dict=True)["loss"]
+    loss = model.evaluate(splits.x_val, splits.y_val, batch_size=32, verbose=0, return_dict=True)[
+        "loss"
+    ]
     assert loss == pytest.approx(min(history["val_loss"]), abs=1e-4)
 
 
@@ -283,8 +308,7 @@ def test_best_model_after_interruption_loads_safely_and_is_the_best_epoch(interr
 
 # conftest.TINY: 250 examples, 8 steps per epoch. Checkpoints every 3 steps and at
 # epoch ends, the newest 3 kept: a 2-epoch run leaves ckpt-12, ckpt-15 and ckpt-16.
-CKPT_RUN = dict(checkpoint_every_steps=3, keep_checkpoints=3, learning_rate=0.01,
-                histogram_freq=0)
+CKPT_RUN = dict(checkpoint_every_steps=3, keep_checkpoints=3, learning_rate=0.01, histogram_freq=0)
 
 
 @pytest.fixture(scope="module")
@@ -309,9 +333,9 @@ def _garble(path: Path) -> None:
 
 
 CORRUPTIONS = {
-    "data truncated": lambda d: os.truncate(d / "ckpt-16.data-00000-of-00001",
-                                            (d / "ckpt-16.data-00000-of-00001").stat().st_size
-                                            // 2),
+    "data truncated": lambda d: os.truncate(
+        d / "ckpt-16.data-00000-of-00001", (d / "ckpt-16.data-00000-of-00001").stat().st_size // 2
+    ),
     "data overwritten": lambda d: _garble(d / "ckpt-16.data-00000-of-00001"),
     "index emptied": lambda d: os.truncate(d / "ckpt-16.index", 0),
     "data deleted": lambda d: os.remove(d / "ckpt-16.data-00000-of-00001"),
@@ -320,13 +344,15 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 def test_corrupt_newest_checkpoint_warns_and_resumes_from_the_previous(
-        checkpointed, corruption, tmp_path, tiny_config, run_train):
+    checkpointed, corruption, tmp_path, tiny_config, run_train
+):
     run_dir, straight = checkpointed
     logdir = _copy_run(run_dir, tmp_path)
     checkpoints = logdir / "base" / "checkpoints"
     CORRUPTIONS[corruption](checkpoints)
-    result, lines = run_train(tiny_config(logdir, epochs=3, run_name="base", resume=True,
-                                          **CKPT_RUN))
+    result, lines = run_train(
+        tiny_config(logdir, epochs=3, run_name="base", resume=True, **CKPT_RUN)
+    )
     text = "\n".join(lines)
     assert re.search(r"warning: checkpoint \S*ckpt-16 is unreadable", text), text
     assert re.search(r"resumed from \S*ckpt-15 at global step 15\b", text), text
@@ -341,8 +367,7 @@ def test_corrupt_newest_checkpoint_warns_and_resumes_from_the_previous(
             reader.get_tensor(name)  # checks the stored checksum
 
 
-def test_all_checkpoints_corrupt_is_one_clear_error_and_changes_nothing(checkpointed,
-                                                                         tmp_path):
+def test_all_checkpoints_corrupt_is_one_clear_error_and_changes_nothing(checkpointed, tmp_path):
     run_dir, _ = checkpointed
     logdir = _copy_run(run_dir, tmp_path)
     checkpoints = logdir / "base" / "checkpoints"
@@ -350,22 +375,32 @@ def test_all_checkpoints_corrupt_is_one_clear_error_and_changes_nothing(checkpoi
     _garble(checkpoints / "ckpt-15.index")
     _garble(checkpoints / "ckpt-16.data-00000-of-00001")
     before = snapshot(tmp_path)
-    process = proc_util.run(["--resume", "--run_name=base", f"--logdir={logdir}",
-                             "--num_examples=250", "--max_len=60", "--num_words=1000",
-                             "--epochs=3", "--verbose=0"], cwd=tmp_path)
+    process = proc_util.run(
+        [
+            "--resume",
+            "--run_name=base",
+            f"--logdir={logdir}",
+            "--num_examples=250",
+            "--max_len=60",
+            "--num_words=1000",
+            "--epochs=3",
+            "--verbose=0",
+        ],
+        cwd=tmp_path,
+    )
     assert_one_error_line(process, "--resume", "no usable checkpoint")
     assert process.stdout.count("is unreadable") == 3, process.stdout
     assert snapshot(tmp_path) == before
 
 
-def test_resume_after_a_crash_that_cut_an_event_record_short(checkpointed, tmp_path,
-                                                             tiny_config, run_train):
+def test_resume_after_a_crash_that_cut_an_event_record_short(
+    checkpointed, tmp_path, tiny_config, run_train
+):
     run_dir, straight = checkpointed
     logdir = _copy_run(run_dir, tmp_path)
     (event_file,) = (logdir / "base" / "train").glob("events.out.tfevents.*")
     os.truncate(event_file, event_file.stat().st_size - 7)  # a record torn by the crash
-    result, _ = run_train(tiny_config(logdir, epochs=3, run_name="base", resume=True,
-                                      **CKPT_RUN))
+    result, _ = run_train(tiny_config(logdir, epochs=3, run_name="base", resume=True, **CKPT_RUN))
     assert result.history["epoch"] == [1, 2, 3]
     steps = events.read(logdir / "base" / "train").steps("epoch_loss")
     assert sorted(steps) == [1, 2, 3]
@@ -383,11 +418,23 @@ def _assert_checkpoints_finite(checkpoints: Path, below_step: int) -> list:
 
 
 def test_diverging_learning_rate_stops_naming_the_step(tmp_path):
-    process = proc_util.run(["--mode=tape", "--optimizer=sgd", "--learning_rate=1e6",
-                             "--epochs=2", "--num_examples=250", "--max_len=40",
-                             "--num_words=1000", "--checkpoint_every_steps=1",
-                             "--keep_checkpoints=20", "--verbose=0", "--logdir=logs",
-                             "--run_name=nan"], cwd=tmp_path)
+    process = proc_util.run(
+        [
+            "--mode=tape",
+            "--optimizer=sgd",
+            "--learning_rate=1e6",
+            "--epochs=2",
+            "--num_examples=250",
+            "--max_len=40",
+            "--num_words=1000",
+            "--checkpoint_every_steps=1",
+            "--keep_checkpoints=20",
+            "--verbose=0",
+            "--logdir=logs",
+            "--run_name=nan",
+        ],
+        cwd=tmp_path,
+    )
     assert process.returncode == 1, process.stderr[-3000:]
     assert "Traceback" not in process.stderr + process.stdout
     lines = harness_lines(process.stderr)
@@ -401,12 +448,22 @@ def test_diverging_learning_rate_stops_naming_the_step(tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_nan_after_a_good_epoch_keeps_its_checkpoints_and_best_model(mode, make_config,
-                                                                      run_train, logdir):
+def test_nan_after_a_good_epoch_keeps_its_checkpoints_and_best_model(
+    mode, make_config, run_train, logdir
+):
     """SGD at a sane rate for epoch 1; then the 'halving' multiplies it by 1e9."""
-    config = make_config(mode=mode, optimizer="sgd", learning_rate=0.1, epochs=3,
-                         lr_halve_epochs=(2,), lr_halve_factor=1e9, run_name="nan",
-                         checkpoint_every_steps=1, keep_checkpoints=100, histogram_freq=0)
+    config = make_config(
+        mode=mode,
+        optimizer="sgd",
+        learning_rate=0.1,
+        epochs=3,
+        lr_halve_epochs=(2,),
+        lr_halve_factor=1e9,
+        run_name="nan",
+        checkpoint_every_steps=1,
+        keep_checkpoints=100,
+        histogram_freq=0,
+    )
     with pytest.raises(HarnessError, match=r"loss became \S+ at global step \d+") as error:
         run_train(config)
     assert not isinstance(error.value, UsageError)
@@ -419,25 +476,40 @@ def test_nan_after_a_good_epoch_keeps_its_checkpoints_and_best_model(mode, make_
     assert history["epoch"] == [1]
     model = keras.saving.load_model(run_dir / "best.keras", safe_mode=True)
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
-    splits = data.synthetic(num_examples=config.num_examples, num_words=config.num_words,
-                            max_len=config.max_len, num_classes=46, seed=config.seed)
-    loss = model.evaluate(splits.x_val, splits.y_val, batch_size=32, verbose=0,
-                          return_dict=True)["loss"]
+    splits = data.synthetic(
+        num_examples=config.num_examples,
+        num_words=config.num_words,
+        max_len=config.max_len,
+        num_classes=46,
+        seed=config.seed,
+    )
+    loss = model.evaluate(splits.x_val, splits.y_val, batch_size=32, verbose=0, return_dict=True)[
+        "loss"
+    ]
     assert loss == pytest.approx(history["val_loss"][0], abs=1e-4)  # epoch 1's model
 
 
-def test_nan_weights_from_a_finite_loss_step_are_never_checkpointed(make_config, run_train,
-                                                                     logdir):
-    config = make_config(mode="tape", optimizer="adam", learning_rate=1e8, epochs=2,
-                         max_len=40, run_name="nan", checkpoint_every_steps=1,
-                         keep_checkpoints=100, lr_halve_epochs=(), histogram_freq=0)
+def test_nan_weights_from_a_finite_loss_step_are_never_checkpointed(make_config, run_train, logdir):
+    config = make_config(
+        mode="tape",
+        optimizer="adam",
+        learning_rate=1e8,
+        epochs=2,
+        max_len=40,
+        run_name="nan",
+        checkpoint_every_steps=1,
+        keep_checkpoints=100,
+        lr_halve_epochs=(),
+        histogram_freq=0,
+    )
     with pytest.raises(HarnessError, match=r"global step (\d+)") as error:
         run_train(config)
     step = int(re.search(r"global step (\d+)", str(error.value)).group(1))
     checkpoints = logdir / "nan" / "checkpoints"
     for saved in proc_util.checkpoint_steps(checkpoints):
-        assert proc_util.nonfinite_variables(checkpoints / f"ckpt-{saved}") == [], \
+        assert proc_util.nonfinite_variables(checkpoints / f"ckpt-{saved}") == [], (
             f"ckpt-{saved} holds NaN/Inf; the NaN loss was reported at step {step}"
+        )
 
 
 # --- 5: bad input ---------------------------------------------------------------------------
@@ -472,8 +544,9 @@ PRE_TF_BAD_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("args, fragments", PRE_TF_BAD_FLAGS,
-                         ids=[" ".join(a) for a, _ in PRE_TF_BAD_FLAGS])
+@pytest.mark.parametrize(
+    "args, fragments", PRE_TF_BAD_FLAGS, ids=[" ".join(a) for a, _ in PRE_TF_BAD_FLAGS]
+)
 def test_bad_flag_is_one_line_exit_2_and_changes_nothing(args, fragments, workdir):
     before = snapshot(workdir)
     # --overwrite: a check done too late would delete logs/old.
@@ -485,10 +558,17 @@ def test_bad_flag_is_one_line_exit_2_and_changes_nothing(args, fragments, workdi
 def _can_mount_read_only(folder: Path) -> bool:
     if not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "--mount", "sh", "-c",
-                            f"mount --bind {folder} {folder} && "
-                            f"mount -o remount,bind,ro {folder} && ! touch {folder}/probe"],
-                           capture_output=True)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            f"mount --bind {folder} {folder} && "
+            f"mount -o remount,bind,ro {folder} && ! touch {folder}/probe",
+        ],
+        capture_output=True,
+    )
     return probe.returncode == 0 and not (folder / "probe").exists()
 
 
@@ -498,21 +578,37 @@ def test_read_only_logdir_is_one_line_exit_2(workdir):
     if not _can_mount_read_only(logs):
         pytest.skip("cannot make a read-only bind mount here (needs unshare and mount rights)")
     before = snapshot(workdir)
-    script = (f"mount --bind {logs} {logs} && mount -o remount,bind,ro {logs} && "
-              f"exec {shlex.quote(sys.executable)} -m harness.run --logdir=logs "
-              "--run_name=new --epochs=1 --num_examples=100 --max_len=40")
-    process = subprocess.run(["unshare", "--mount", "sh", "-c", script], cwd=workdir,
-                             env=proc_util.harness_env(), capture_output=True, text=True,
-                             timeout=120)
+    script = (
+        f"mount --bind {logs} {logs} && mount -o remount,bind,ro {logs} && "
+        f"exec {shlex.quote(sys.executable)} -m harness.run --logdir=logs "
+        "--run_name=new --epochs=1 --num_examples=100 --max_len=40"
+    )
+    process = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        cwd=workdir,
+        env=proc_util.harness_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_error_line(process, "--logdir='logs'", "cannot be written")
     assert snapshot(workdir) == before
 
 
 def test_logdir_that_access_checks_cannot_predict_is_one_line_exit_2(workdir):
     before = snapshot(workdir)
-    process = proc_util.run(["--logdir=/proc/harness-logs", "--run_name=new", "--epochs=1",
-                             "--num_examples=100", "--max_len=40", "--verbose=0"],
-                            cwd=workdir, timeout=120)
+    process = proc_util.run(
+        [
+            "--logdir=/proc/harness-logs",
+            "--run_name=new",
+            "--epochs=1",
+            "--num_examples=100",
+            "--max_len=40",
+            "--verbose=0",
+        ],
+        cwd=workdir,
+        timeout=120,
+    )
     assert_one_error_line(process, "--logdir='/proc/harness-logs'")
     assert snapshot(workdir) == before
 
@@ -526,23 +622,42 @@ def finished_run(tmp_path_factory, tiny_config, run_train) -> Path:
 
 
 # Post-TF usage errors, each in its own subprocess, all at once.
-TINY_FLAGS = ["--num_examples=250", "--max_len=60", "--num_words=1000", "--verbose=0",
-              "--logdir=logs"]
+TINY_FLAGS = [
+    "--num_examples=250",
+    "--max_len=60",
+    "--num_words=1000",
+    "--verbose=0",
+    "--logdir=logs",
+]
 POST_TF_BAD = {
-    "resume-other-dataset": (["--resume", "--run_name=done", "--dataset=imdb", "--epochs=2"],
-                             ["--resume", "--dataset='imdb'", "contradicts"]),
-    "resume-other-model": (["--resume", "--run_name=done", "--model=subclass", "--epochs=2"],
-                           ["--resume", "--model='subclass'", "contradicts"]),
-    "resume-other-seed": (["--resume", "--run_name=done", "--seed=7", "--epochs=2"],
-                          ["--resume", "--seed=7", "contradicts"]),
-    "resume-no-checkpoints": (["--resume", "--run_name=nockpt", "--epochs=2"],
-                              ["--resume", "no usable checkpoint", "records 1 epochs"]),
-    "model-does-not-import": (["--model=tests.no_such_module:build", "--run_name=new"],
-                              ["--model='tests.no_such_module:build'", "does not import"]),
-    "model-not-a-model": (["--model=tests.user_models:not_a_model", "--run_name=new"],
-                          ["--model='tests.user_models:not_a_model'", "not a keras.Model"]),
-    "monitor-unknown": (["--monitor=val_auc", "--run_name=new"],
-                        ["--monitor='val_auc'", "val_loss"]),
+    "resume-other-dataset": (
+        ["--resume", "--run_name=done", "--dataset=imdb", "--epochs=2"],
+        ["--resume", "--dataset='imdb'", "contradicts"],
+    ),
+    "resume-other-model": (
+        ["--resume", "--run_name=done", "--model=subclass", "--epochs=2"],
+        ["--resume", "--model='subclass'", "contradicts"],
+    ),
+    "resume-other-seed": (
+        ["--resume", "--run_name=done", "--seed=7", "--epochs=2"],
+        ["--resume", "--seed=7", "contradicts"],
+    ),
+    "resume-no-checkpoints": (
+        ["--resume", "--run_name=nockpt", "--epochs=2"],
+        ["--resume", "no usable checkpoint", "records 1 epochs"],
+    ),
+    "model-does-not-import": (
+        ["--model=tests.no_such_module:build", "--run_name=new"],
+        ["--model='tests.no_such_module:build'", "does not import"],
+    ),
+    "model-not-a-model": (
+        ["--model=tests.user_models:not_a_model", "--run_name=new"],
+        ["--model='tests.user_models:not_a_model'", "not a keras.Model"],
+    ),
+    "monitor-unknown": (
+        ["--monitor=val_auc", "--run_name=new"],
+        ["--monitor='val_auc'", "val_loss"],
+    ),
 }
 
 
@@ -555,18 +670,27 @@ def post_tf_errors(tmp_path_factory, finished_run):
             work = tmp_path_factory.mktemp(case)
             shutil.copytree(finished_run, work / "logs" / "done")
             # A run killed before its first checkpoint: flags and events, no checkpoints.
-            shutil.copytree(finished_run, work / "logs" / "nockpt",
-                            ignore=shutil.ignore_patterns("checkpoints", "best.keras"))
+            shutil.copytree(
+                finished_run,
+                work / "logs" / "nockpt",
+                ignore=shutil.ignore_patterns("checkpoints", "best.keras"),
+            )
             before = snapshot(work)
             processes[case] = (Harness([*TINY_FLAGS, *args], work, name="out"), before)
         for case, (process, before) in processes.items():
             code = process.wait(timeout=150)
             for name in ("out.stdout", "out.stderr"):
                 before.pop(name, None)
-            after = {k: v for k, v in snapshot(process.cwd).items()
-                     if k not in ("out.stdout", "out.stderr")}
-            results[case] = (subprocess.CompletedProcess(process.args, code, process.stdout,
-                                                         process.stderr), before, after)
+            after = {
+                k: v
+                for k, v in snapshot(process.cwd).items()
+                if k not in ("out.stdout", "out.stderr")
+            }
+            results[case] = (
+                subprocess.CompletedProcess(process.args, code, process.stdout, process.stderr),
+                before,
+                after,
+            )
     finally:
         for process, _ in processes.values():
             process.kill()
@@ -574,8 +698,7 @@ def post_tf_errors(tmp_path_factory, finished_run):
 
 
 @pytest.mark.parametrize("case", sorted(POST_TF_BAD))
-def test_usage_error_after_tf_import_is_one_line_exit_2_and_changes_nothing(post_tf_errors,
-                                                                            case):
+def test_usage_error_after_tf_import_is_one_line_exit_2_and_changes_nothing(post_tf_errors, case):
     process, before, after = post_tf_errors[case]
     assert_one_error_line(process, *POST_TF_BAD[case][1])
     assert after == before
@@ -590,27 +713,27 @@ def test_data_dir_that_is_a_file_is_a_usage_error(tmp_path, make_config, run_tra
     assert a_file.read_bytes() == b"not a folder"
 
 
-def test_resume_with_an_empty_checkpoint_folder_is_a_usage_error(finished_run, tmp_path,
-                                                                   tiny_config, run_train):
+def test_resume_with_an_empty_checkpoint_folder_is_a_usage_error(
+    finished_run, tmp_path, tiny_config, run_train
+):
     logdir = tmp_path / "logs"
     shutil.copytree(finished_run, logdir / "done")
     for path in (logdir / "done" / "checkpoints").iterdir():
         path.unlink()
     before = snapshot(tmp_path)
     with pytest.raises(UsageError, match="--resume: no usable checkpoint"):
-        run_train(tiny_config(logdir, run_name="done", resume=True, epochs=2,
-                              histogram_freq=0))
+        run_train(tiny_config(logdir, run_name="done", resume=True, epochs=2, histogram_freq=0))
     assert snapshot(tmp_path) == before
 
 
-def test_same_size_data_file_failing_its_hash_is_a_usage_error(reuters_npz, tmp_path, offline,
-                                                                make_config, run_train,
-                                                                logdir):
+def test_same_size_data_file_failing_its_hash_is_a_usage_error(
+    reuters_npz, tmp_path, offline, make_config, run_train, logdir
+):
     folder = tmp_path / "tampered"
     folder.mkdir()
     content = bytearray(reuters_npz.read_bytes())
     middle = len(content) // 2
-    content[middle:middle + 16] = bytes(b ^ 0xFF for b in content[middle:middle + 16])
+    content[middle : middle + 16] = bytes(b ^ 0xFF for b in content[middle : middle + 16])
     (folder / "reuters.npz").write_bytes(bytes(content))
     with pytest.raises(UsageError, match="hash check"):
         run_train(make_config(dataset="reuters", data_dir=str(folder), max_len=40))
@@ -632,8 +755,7 @@ class _WritesMarker:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('unpickled')",))
 
 
-def test_tampered_data_file_is_never_unpickled(tmp_path, offline, make_config, run_train,
-                                               logdir):
+def test_tampered_data_file_is_never_unpickled(tmp_path, offline, make_config, run_train, logdir):
     folder = tmp_path / "evil"
     folder.mkdir()
     marker = tmp_path / "MARKER"

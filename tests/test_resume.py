@@ -16,26 +16,35 @@ import math
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 import harness.models  # noqa: F401  (registers the custom layers for loading)
-from callbacks.events import read
-from harness import data
+from harness import data, train
+from harness.callbacks.events import read
 from harness.config import Config
-from harness.train import train
 
 MODES = ("fit", "train_on_batch", "tape")
 LR = 3e-3  # large enough that the loss moves a lot between epochs (the test has teeth)
 HALVINGS = (2, 5)  # one before the stop at epoch 3, one after
 KEEP = 2
 EVERY = 3  # summary_every_steps
-TINY = dict(model="subclass", num_examples=200, max_len=40, num_words=500, num_classes=5,
-            batch_size=32, learning_rate=LR, lr_halve_epochs=HALVINGS, keep_checkpoints=KEEP,
-            summary_every_steps=EVERY, histogram_freq=0, verbose=0)
+TINY = dict(
+    model="subclass",
+    num_examples=200,
+    max_len=40,
+    num_words=500,
+    num_classes=5,
+    batch_size=32,
+    learning_rate=LR,
+    lr_halve_epochs=HALVINGS,
+    keep_checkpoints=KEEP,
+    summary_every_steps=EVERY,
+    histogram_freq=0,
+    verbose=0,
+)
 STEPS_PER_EPOCH = math.ceil(TINY["num_examples"] / TINY["batch_size"])  # 7
 
 
@@ -49,16 +58,22 @@ def pair(request, tmp_path_factory):
     mode = request.param
     logdir = tmp_path_factory.mktemp(f"resume-{mode}")
     keras.backend.clear_session()
-    straight = train(Config(mode=mode, epochs=6, logdir=str(logdir), run_name="straight",
-                            **TINY), print_fn=lambda s: None)
+    straight = train(
+        Config(mode=mode, epochs=6, logdir=str(logdir), run_name="straight", **TINY),
+        print_fn=lambda s: None,
+    )
     keras.backend.clear_session()
-    first = train(Config(mode=mode, epochs=3, logdir=str(logdir), run_name="resumed", **TINY),
-                  print_fn=lambda s: None)
+    first = train(
+        Config(mode=mode, epochs=3, logdir=str(logdir), run_name="resumed", **TINY),
+        print_fn=lambda s: None,
+    )
     assert first.history["epoch"] == [1, 2, 3]
     console = []
     keras.backend.clear_session()
-    resumed = train(Config(mode=mode, epochs=6, resume=True, logdir=str(logdir),
-                           run_name="resumed", **TINY), print_fn=console.append)
+    resumed = train(
+        Config(mode=mode, epochs=6, resume=True, logdir=str(logdir), run_name="resumed", **TINY),
+        print_fn=console.append,
+    )
     assert resumed.run_dir == first.run_dir
     return straight, resumed, console
 
@@ -67,9 +82,9 @@ def test_resumed_run_equals_uninterrupted_run(pair):
     straight, resumed, _ = pair
     assert resumed.history["epoch"] == list(range(1, 7))
     assert resumed.history["val_loss"][-1] == pytest.approx(
-        straight.history["val_loss"][-1], abs=1e-4)
-    np.testing.assert_allclose(resumed.history["val_loss"], straight.history["val_loss"],
-                               atol=1e-4)
+        straight.history["val_loss"][-1], abs=1e-4
+    )
+    np.testing.assert_allclose(resumed.history["val_loss"], straight.history["val_loss"], atol=1e-4)
     np.testing.assert_allclose(resumed.history["loss"], straight.history["loss"], atol=1e-4)
     # The comparison means something: the loss moved far more than the tolerance.
     assert abs(straight.history["val_loss"][-1] - straight.history["val_loss"][2]) > 1e-2
@@ -91,8 +106,9 @@ def test_tensorboard_steps_written_once(pair, split):
     assert set(found) == set(reference) and "epoch_loss" in found
     for tag, points in found.items():
         assert [step for step, _ in points] == list(range(1, 7)), tag  # in order, no repeats
-    np.testing.assert_allclose([v for _, v in found["epoch_loss"]],
-                               [v for _, v in reference["epoch_loss"]], atol=1e-4)
+    np.testing.assert_allclose(
+        [v for _, v in found["epoch_loss"]], [v for _, v in reference["epoch_loss"]], atol=1e-4
+    )
     if split == "train":
         events = read(Path(resumed.run_dir) / "train")
         steps = [s for s, _ in events.scalars("batch_loss")]
@@ -135,26 +151,36 @@ def test_best_model_loads_safely_and_is_the_best_epoch(pair):
     assert path.exists()
     model = keras.saving.load_model(path, safe_mode=True)
     assert type(model).__name__ == "ResidualClassifier"
-    splits = data.synthetic(num_examples=TINY["num_examples"], num_words=TINY["num_words"],
-                            max_len=TINY["max_len"], num_classes=TINY["num_classes"],
-                            seed=Config().seed)
+    splits = data.synthetic(
+        num_examples=TINY["num_examples"],
+        num_words=TINY["num_words"],
+        max_len=TINY["max_len"],
+        num_classes=TINY["num_classes"],
+        seed=Config().seed,
+    )
     probabilities = model.predict(splits.x_val, batch_size=64, verbose=0)
-    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(
-        splits.y_val, probabilities)))
+    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(splits.y_val, probabilities)))
     assert loss == pytest.approx(min(resumed.history["val_loss"]), abs=1e-4)
 
 
 def test_checkpoint_every_steps_numbers_by_global_step(tmp_path):
     keras.backend.clear_session()
-    result = train(Config(mode="tape", epochs=2, checkpoint_every_steps=5, logdir=str(tmp_path),
-                          run_name="steps", **{**TINY, "keep_checkpoints": 10}),
-                   print_fn=lambda s: None)
+    result = train(
+        Config(
+            mode="tape",
+            epochs=2,
+            checkpoint_every_steps=5,
+            logdir=str(tmp_path),
+            run_name="steps",
+            **{**TINY, "keep_checkpoints": 10},
+        ),
+        print_fn=lambda s: None,
+    )
     state = tf.train.get_checkpoint_state(str(Path(result.run_dir) / "checkpoints"))
     steps = [int(Path(p).name.split("-")[1]) for p in state.all_model_checkpoint_paths]
     # step 0 (before training), every 5 global steps, plus each epoch end (7, 14),
     # never the same step twice
     assert steps == [0, 5, 7, 10, 14]
     reader = tf.train.load_checkpoint(state.all_model_checkpoint_paths[1])
-    iterations = [name for name in reader.get_variable_to_shape_map()
-                  if "iterations" in name]
+    iterations = [name for name in reader.get_variable_to_shape_map() if "iterations" in name]
     assert iterations and int(reader.get_tensor(iterations[0])) == 5

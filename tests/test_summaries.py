@@ -22,18 +22,19 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tb_util  # noqa: E402  (also puts the repository root on sys.path)
-
 import keras  # noqa: E402
+import tb_util  # noqa: E402  (also puts the repository root on sys.path)
 import tensorflow as tf  # noqa: E402
 from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
 
-from callbacks.events import histogram_count, read  # noqa: E402
-from callbacks.lr_halving import LearningRateHalving  # noqa: E402
-from callbacks.summary import write_histogram  # noqa: E402
-from harness import models  # noqa: E402
+from harness import (
+    models,  # noqa: E402
+    train,  # noqa: E402
+)
+from harness.callbacks.events import histogram_count, read  # noqa: E402
+from harness.callbacks.lr_halving import LearningRateHalving  # noqa: E402
+from harness.callbacks.summary import write_histogram  # noqa: E402
 from harness.config import Config  # noqa: E402
-from harness.train import train  # noqa: E402
 
 REPO = tb_util.REPO
 MODES = ("fit", "train_on_batch", "tape")
@@ -50,10 +51,20 @@ ROOT_TAGS = {"_hparams_/session_start_info", "flags"}
 
 
 def _config(logdir, mode: str, **overrides) -> Config:
-    options = dict(mode=mode, epochs=EPOCHS, num_examples=NUM_EXAMPLES, max_len=MAX_LEN,
-                   batch_size=BATCH, learning_rate=LR, logdir=str(logdir), run_name=mode,
-                   verbose=0, summary_every_steps=EVERY, histogram_freq=1,
-                   lr_halve_epochs=(HALVE_AT,))
+    options = dict(
+        mode=mode,
+        epochs=EPOCHS,
+        num_examples=NUM_EXAMPLES,
+        max_len=MAX_LEN,
+        batch_size=BATCH,
+        learning_rate=LR,
+        logdir=str(logdir),
+        run_name=mode,
+        verbose=0,
+        summary_every_steps=EVERY,
+        histogram_freq=1,
+        lr_halve_epochs=(HALVE_AT,),
+    )
     options.update(overrides)
     return Config(**options)
 
@@ -100,28 +111,38 @@ def _dirs(result, split: str) -> Path:
 def test_three_modes_write_the_same_tags(runs, weights):
     expected = {
         "": ROOT_TAGS,
-        "train": {*EPOCH_TAGS, *TRAIN_ONLY_EPOCH_TAGS, *BATCH_TAGS, *weights,
-                  *(f"{path}/gradient" for path in weights)},
+        "train": {
+            *EPOCH_TAGS,
+            *TRAIN_ONLY_EPOCH_TAGS,
+            *BATCH_TAGS,
+            *weights,
+            *(f"{path}/gradient" for path in weights),
+        },
         "validation": set(EPOCH_TAGS),
     }
     for split, tags in expected.items():
-        by_mode = {mode: set(read(_dirs(result, split)).tensors)
-                   for mode, (result, _) in runs.items()}
+        by_mode = {
+            mode: set(read(_dirs(result, split)).tensors) for mode, (result, _) in runs.items()
+        }
         for mode, found in by_mode.items():
-            assert found == tags, (f"{mode} {split or 'root'}/: missing {tags - found}, "
-                                   f"unexpected {found - tags}")
+            assert found == tags, (
+                f"{mode} {split or 'root'}/: missing {tags - found}, unexpected {found - tags}"
+            )
 
 
 def test_three_modes_agree_on_the_curves(runs):
     """Same seed, data and flags: the loops reproduce each other (DESIGN.md: ~1e-3)."""
     for split in ("train", "validation"):
         for tag in EPOCH_TAGS:
-            curves = {mode: [v for _, v in read(_dirs(r, split)).scalars(tag)]
-                      for mode, (r, _) in runs.items()}
+            curves = {
+                mode: [v for _, v in read(_dirs(r, split)).scalars(tag)]
+                for mode, (r, _) in runs.items()
+            }
             reference = curves["fit"]
             for mode, curve in curves.items():
-                np.testing.assert_allclose(curve, reference, rtol=1e-3, atol=1e-3,
-                                           err_msg=f"{split}/{tag}: {mode} vs fit")
+                np.testing.assert_allclose(
+                    curve, reference, rtol=1e-3, atol=1e-3, err_msg=f"{split}/{tag}: {mode} vs fit"
+                )
 
 
 # --- Per-epoch scalars ------------------------------------------------------------------
@@ -137,8 +158,9 @@ def test_epoch_scalars_in_train(runs, mode):
         assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
         assert all(math.isfinite(v) for _, v in points), (tag, points)
     for tag in EPOCH_TAGS:  # the same numbers as history.json (float32 in the event file)
-        np.testing.assert_allclose([v for _, v in got[tag]], history[tag[len("epoch_"):]],
-                                   rtol=1e-6, err_msg=tag)
+        np.testing.assert_allclose(
+            [v for _, v in got[tag]], history[tag[len("epoch_") :]], rtol=1e-6, err_msg=tag
+        )
     for (_, accuracy), (_, top5) in zip(got["epoch_accuracy"], got["epoch_top5_accuracy"]):
         assert 0.0 <= accuracy <= top5 <= 1.0
     assert all(v > 0 for _, v in got["epoch_loss"])
@@ -160,8 +182,9 @@ def test_validation_scalars_equal_history(runs, mode):
     for tag in EPOCH_TAGS:
         points = events.scalars(tag)
         assert [step for step, _ in points] == list(range(1, EPOCHS + 1)), tag
-        np.testing.assert_allclose([v for _, v in points], history["val_" + tag[len("epoch_"):]],
-                                   rtol=1e-6, err_msg=tag)
+        np.testing.assert_allclose(
+            [v for _, v in points], history["val_" + tag[len("epoch_") :]], rtol=1e-6, err_msg=tag
+        )
 
 
 # --- Batch scalars ----------------------------------------------------------------------
@@ -212,13 +235,20 @@ def test_weight_and_gradient_histograms(runs, weights, mode):
     assert not np.array_equal(first, last)
 
 
-@pytest.mark.parametrize("name, data", [
-    ("normal", np.random.default_rng(0).normal(size=(400, 7)).astype(np.float32)),
-    ("one_value", np.full((3, 4), 0.25, np.float32)),
-    ("empty", np.zeros((0, 5), np.float32)),
-    ("sparse_gradient", tf.IndexedSlices(tf.constant([[1.0, -2.0], [3.0, 0.5]]),
-                                         tf.constant([0, 3]), tf.constant([5, 2]))),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("normal", np.random.default_rng(0).normal(size=(400, 7)).astype(np.float32)),
+        ("one_value", np.full((3, 4), 0.25, np.float32)),
+        ("empty", np.zeros((0, 5), np.float32)),
+        (
+            "sparse_gradient",
+            tf.IndexedSlices(
+                tf.constant([[1.0, -2.0], [3.0, 0.5]]), tf.constant([0, 3]), tf.constant([5, 2])
+            ),
+        ),
+    ],
+)
 def test_histograms_are_what_tf_summary_histogram_writes(tmp_path, name, data):
     """write_histogram counts in NumPy; TensorBoard must read back the same
     summary tf.summary.histogram writes: tag, plugin, step and buckets."""
@@ -228,10 +258,13 @@ def test_histograms_are_what_tf_summary_histogram_writes(tmp_path, name, data):
         write_histogram(name, data)
     expected, ours = (read(tmp_path / kind) for kind in ("tf", "ours"))
     assert list(ours.tensors) == list(expected.tensors) == [name]
-    assert (ours.metadata[name].plugin_data.plugin_name
-            == expected.metadata[name].plugin_data.plugin_name == "histograms")
-    (step, buckets), = ours.values(name)
-    (expected_step, expected_buckets), = expected.values(name)
+    assert (
+        ours.metadata[name].plugin_data.plugin_name
+        == expected.metadata[name].plugin_data.plugin_name
+        == "histograms"
+    )
+    ((step, buckets),) = ours.values(name)
+    ((expected_step, expected_buckets),) = expected.values(name)
     assert step == expected_step == 4
     np.testing.assert_allclose(buckets, expected_buckets, rtol=1e-12)
 
@@ -239,7 +272,7 @@ def test_histograms_are_what_tf_summary_histogram_writes(tmp_path, name, data):
 def test_histograms_leave_out_non_finite_values(tmp_path):
     with tf.summary.create_file_writer(str(tmp_path)).as_default(step=1):
         write_histogram("w", np.array([1.0, np.nan, 2.0, np.inf, 3.0], np.float32))
-    (_, buckets), = read(tmp_path).values("w")
+    ((_, buckets),) = read(tmp_path).values("w")
     assert histogram_count(buckets) == 3
     assert (buckets[0, 0], buckets[-1, 1]) == (1.0, 3.0)
 
@@ -254,8 +287,7 @@ def test_graph_of_the_train_step_in_every_mode(runs):
         assert len(graph.node) > 100, (mode, len(graph.node))
         op_types[mode] = {node.op for node in graph.node}
         # forward, loss, backward and the optimizer's update are all in it
-        for op in ("Conv2D", "MatMul", "Softmax", "Conv2DBackpropFilter",
-                   "AssignSubVariableOp"):
+        for op in ("Conv2D", "MatMul", "Softmax", "Conv2DBackpropFilter", "AssignSubVariableOp"):
             assert op in op_types[mode], (mode, op)
         for split in ("", "validation"):
             assert read(_dirs(result, split)).graph is None, (mode, split)
@@ -271,8 +303,9 @@ def test_hparams_session_in_the_root_run(runs, mode):
     content = events.metadata[tag].plugin_data
     assert content.plugin_name == hparams_metadata.PLUGIN_NAME
     info = hparams_metadata.parse_session_start_info_plugin_data(content.content)
-    hparams = {name: getattr(value, value.WhichOneof("kind"))
-               for name, value in info.hparams.items()}
+    hparams = {
+        name: getattr(value, value.WhichOneof("kind")) for name, value in info.hparams.items()
+    }
     assert hparams["mode"] == mode
     assert hparams["model"] == "sequential"
     assert hparams["dataset"] == "synthetic"
@@ -305,8 +338,11 @@ def test_learning_rate_halved_at_epoch_2(runs, mode):
     rates = read(_dirs(result, "train")).scalars("epoch_learning_rate")
     assert [s for s, _ in rates] == [1, 2, 3]
     np.testing.assert_allclose([v for _, v in rates], [LR, LR / 2, LR / 2], rtol=1e-6)
-    announced = [line for line in console if re.search(r"learning rate", line, re.I)
-                 and re.search(r"\bepoch\b", line, re.I)]
+    announced = [
+        line
+        for line in console
+        if re.search(r"learning rate", line, re.I) and re.search(r"\bepoch\b", line, re.I)
+    ]
     assert len(announced) == 1, console
     assert re.search(r"Epoch 2\b", announced[0]) and "0.0005" in announced[0], announced
 
@@ -330,8 +366,13 @@ def test_halving_a_schedule_is_a_clear_error():
     model = _tiny_model(optimizer)
     x, y = np.zeros((8, 4), "float32"), np.zeros((8, 2), "float32")
     with pytest.raises(ValueError, match="schedule"):
-        model.fit(x, y, epochs=2, verbose=0,
-                  callbacks=[LearningRateHalving(1e-3, (2,), print_fn=lambda s: None)])
+        model.fit(
+            x,
+            y,
+            epochs=2,
+            verbose=0,
+            callbacks=[LearningRateHalving(1e-3, (2,), print_fn=lambda s: None)],
+        )
     LearningRateHalving.check(keras.optimizers.Adam(1e-3))  # a plain rate is fine
 
 
@@ -343,14 +384,17 @@ def test_halving_error_names_the_schedule():
         LearningRateHalving.check(_schedule_optimizer())
 
 
-
 def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
     keras.backend.clear_session()
     models.build("sequential", (MAX_LEN,), 46, Config().num_words)  # an earlier model
-    result = train(_config(tmp_path, "tape", epochs=1, summary_every_steps=0),
-                   print_fn=lambda s: None)
-    histograms = {tag for tag in set(read(_dirs(result, "train")).tensors)
-                  if not tag.startswith(("epoch_", "batch_"))}
+    result = train(
+        _config(tmp_path, "tape", epochs=1, summary_every_steps=0), print_fn=lambda s: None
+    )
+    histograms = {
+        tag
+        for tag in set(read(_dirs(result, "train")).tensors)
+        if not tag.startswith(("epoch_", "batch_"))
+    }
     assert histograms == {*weights, *(f"{path}/gradient" for path in weights)}
 
 
@@ -360,15 +404,29 @@ def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
 def test_compare_modes_script(tmp_path):
     logdir = tmp_path / "compare"
     completed = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compare_modes.py"), "--epochs=2",
-         "--num_examples=200", "--max_len=40", "--summary_every_steps=0",
-         f"--logdir={logdir}"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            str(REPO / "scripts" / "compare_modes.py"),
+            "--epochs=2",
+            "--num_examples=200",
+            "--max_len=40",
+            "--summary_every_steps=0",
+            f"--logdir={logdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
     # one block per metric, with the three modes side by side and one row per epoch
-    for split, tag in (("train", "epoch_loss"), ("validation", "epoch_loss"),
-                       ("train", "epoch_accuracy"), ("train", "epoch_learning_rate")):
+    for split, tag in (
+        ("train", "epoch_loss"),
+        ("validation", "epoch_loss"),
+        ("train", "epoch_accuracy"),
+        ("train", "epoch_learning_rate"),
+    ):
         assert f"{split}/{tag}" in out, out
     header = next(line for line in out.splitlines() if line.split()[:1] == ["epoch"])
     assert header.split()[1:4] == list(MODES), header

@@ -36,12 +36,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import keras  # noqa: E402
 import tb_util  # noqa: E402  (also puts the repository root on sys.path)
 
-import keras  # noqa: E402
-
+from harness import train  # noqa: E402
 from harness.config import Config  # noqa: E402
-from harness.train import train  # noqa: E402
 
 REPO = tb_util.REPO
 RUN = "tb-run"
@@ -50,8 +49,9 @@ PROFILE = (3, 5)
 HPARAMS = ("mode", "model", "dataset", "optimizer", "learning_rate", "batch_size", "seed")
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
-pytestmark = pytest.mark.skipif(not tb_util.tensorboard_executable().exists(),
-                                reason=f"no {tb_util.tensorboard_executable()}")
+pytestmark = pytest.mark.skipif(
+    not tb_util.tensorboard_executable().exists(), reason=f"no {tb_util.tensorboard_executable()}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,21 @@ def finished_run(tmp_path_factory):
     """(logdir, Result) of a finished tiny run with a profile capture."""
     logdir = tmp_path_factory.mktemp("tb") / "logs"
     keras.backend.clear_session()
-    result = train(Config(mode="tape", epochs=EPOCHS, num_examples=300, max_len=60,
-                          logdir=str(logdir), run_name=RUN, verbose=0, summary_every_steps=3,
-                          histogram_freq=1, profile_steps=(PROFILE,)),
-                   print_fn=lambda s: None)
+    result = train(
+        Config(
+            mode="tape",
+            epochs=EPOCHS,
+            num_examples=300,
+            max_len=60,
+            logdir=str(logdir),
+            run_name=RUN,
+            verbose=0,
+            summary_every_steps=3,
+            histogram_freq=1,
+            profile_steps=(PROFILE,),
+        ),
+        print_fn=lambda s: None,
+    )
     captures = list((Path(result.run_dir) / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert captures, "the run wrote no profile capture"
     return logdir, result
@@ -74,9 +85,13 @@ def server(finished_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("tb-server") / "tensorboard.log"
     with tb_util.TensorBoardServer(logdir, log) as running:
         # Startup answers before the first load of the logdir: wait for the runs.
-        running.wait_for(lambda: {RUN, f"{RUN}/train", f"{RUN}/validation"}
-                         <= set(running.get_json("/data/runs")),
-                         what="TensorBoard to list the run", timeout=60)
+        running.wait_for(
+            lambda: (
+                {RUN, f"{RUN}/train", f"{RUN}/validation"} <= set(running.get_json("/data/runs"))
+            ),
+            what="TensorBoard to list the run",
+            timeout=60,
+        )
         yield running
     assert running.process.poll() is not None, "the server is still running"
 
@@ -92,17 +107,26 @@ def test_runs_are_listed(server):
 def test_scalars_are_served(server, finished_run):
     _, result = finished_run
     tags = server.get_json("/data/plugin/scalars/tags")
-    for tag in ("epoch_loss", "epoch_accuracy", "epoch_top5_accuracy", "epoch_learning_rate",
-                "epoch_examples_per_second", "epoch_seconds", "batch_loss",
-                "batch_learning_rate"):
+    for tag in (
+        "epoch_loss",
+        "epoch_accuracy",
+        "epoch_top5_accuracy",
+        "epoch_learning_rate",
+        "epoch_examples_per_second",
+        "epoch_seconds",
+        "batch_loss",
+        "batch_learning_rate",
+    ):
         assert tag in tags[f"{RUN}/train"], tag
     assert {"epoch_loss", "epoch_accuracy", "epoch_top5_accuracy"} <= set(tags[f"{RUN}/validation"])
     for split, prefix in (("train", ""), ("validation", "val_")):
-        points = server.get_json("/data/plugin/scalars/scalars", run=f"{RUN}/{split}",
-                                 tag="epoch_loss")
+        points = server.get_json(
+            "/data/plugin/scalars/scalars", run=f"{RUN}/{split}", tag="epoch_loss"
+        )
         assert [step for _, step, _ in points] == list(range(1, EPOCHS + 1))
         assert [value for _, _, value in points] == pytest.approx(
-            result.history[f"{prefix}loss"], rel=1e-6)
+            result.history[f"{prefix}loss"], rel=1e-6
+        )
 
 
 def test_histograms_are_served(server):
@@ -112,8 +136,7 @@ def test_histograms_are_served(server):
     assert all(f"{tag}/gradient" in tags for tag in weights), tags
     kernel = next(tag for tag in weights if tag.endswith("head/kernel"))
     for tag in (kernel, f"{kernel}/gradient"):
-        series = server.get_json("/data/plugin/histograms/histograms", run=f"{RUN}/train",
-                                 tag=tag)
+        series = server.get_json("/data/plugin/histograms/histograms", run=f"{RUN}/train", tag=tag)
         assert [step for _, step, _ in series] == list(range(1, EPOCHS + 1)), tag
         for _, _, buckets in series:
             assert sum(count for _, _, count in buckets) > 0, tag
@@ -142,12 +165,22 @@ def test_hparams_plugin_lists_the_session(server, finished_run):
     names = {info["name"] for info in experiment["hparamInfos"]}
     assert set(HPARAMS) <= names, names
     metrics = {(m["name"].get("group", ""), m["name"]["tag"]) for m in experiment["metricInfos"]}
-    assert {("validation", "epoch_loss"), ("train", "epoch_loss"),
-            ("validation", "epoch_accuracy")} <= metrics, metrics
+    assert {
+        ("validation", "epoch_loss"),
+        ("train", "epoch_loss"),
+        ("validation", "epoch_accuracy"),
+    } <= metrics, metrics
 
-    groups = server.post_json("/data/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": STATUSES, "colParams": [],
-        "startIndex": 0, "sliceSize": 100})
+    groups = server.post_json(
+        "/data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "allowedStatuses": STATUSES,
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 100,
+        },
+    )
     assert [g["name"] for g in groups["sessionGroups"]] == [RUN], groups
     [group] = groups["sessionGroups"]
     assert group["hparams"]["mode"] == "tape"
@@ -177,8 +210,9 @@ def test_profile_plugin_lists_the_capture(server):
     hosts = server.get_json("/data/plugin/profile/hosts", run=capture, tag="framework_op_stats")
     assert hosts, hosts
     host = hosts[0]["hostname"]
-    status, body = server.get("/data/plugin/profile/data", run=capture,
-                              tag="framework_op_stats", host=host)
+    status, body = server.get(
+        "/data/plugin/profile/data", run=capture, tag="framework_op_stats", host=host
+    )
     assert status == 200 and len(body) > 100, body[:300]
     assert b"MatMul" in body or b"Conv2D" in body, body[:300]
 
@@ -198,20 +232,38 @@ def test_tensorboard_sh_serves_the_logdir(finished_run, tmp_path):
     port = tb_util.free_port()
     out = tmp_path / "tensorboard-sh.log"
     with open(out, "wb") as log:
-        process = subprocess.Popen(["bash", str(REPO / "scripts" / "tensorboard.sh"),
-                                    str(logdir), str(port)],
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=_script_env(),
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "tensorboard.sh"), str(logdir), str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_script_env(),
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
-        first = tb_util.poll(lambda: out.read_text().splitlines()[:1], timeout=30,
-                             what="the script's first line", process=process, log=out)
+        first = tb_util.poll(
+            lambda: out.read_text().splitlines()[:1],
+            timeout=30,
+            what="the script's first line",
+            process=process,
+            log=out,
+        )
         assert url in first[0], first  # the URL comes first, before TensorBoard's noise
-        tb_util.poll(lambda: tb_util.http_get(url, timeout=2)[0] == 200, timeout=60,
-                     what=f"{url} to answer", process=process, log=out)
-        tb_util.poll(lambda: RUN in tb_util.http_get(url + "data/runs", timeout=2)[1].decode(),
-                     timeout=60, what="the run to be listed", process=process, log=out)
+        tb_util.poll(
+            lambda: tb_util.http_get(url, timeout=2)[0] == 200,
+            timeout=60,
+            what=f"{url} to answer",
+            process=process,
+            log=out,
+        )
+        tb_util.poll(
+            lambda: RUN in tb_util.http_get(url + "data/runs", timeout=2)[1].decode(),
+            timeout=60,
+            what="the run to be listed",
+            process=process,
+            log=out,
+        )
     finally:
         tb_util.stop_process_group(process)
     assert process.poll() is not None
@@ -221,17 +273,28 @@ def test_tensorboard_sh_warns_about_a_non_loopback_host(tmp_path):
     # `true` stands in for tensorboard: nothing listens, the script's own output is checked.
     completed = subprocess.run(
         ["bash", str(REPO / "scripts" / "tensorboard.sh"), str(tmp_path), "6123"],
-        capture_output=True, text=True, timeout=30,
-        env=_script_env(TB_HOST="0.0.0.0", TENSORBOARD="true"))
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_script_env(TB_HOST="0.0.0.0", TENSORBOARD="true"),
+    )
     assert completed.returncode == 0, completed.stderr
     assert "WARNING" in completed.stderr and "0.0.0.0" in completed.stderr
     assert "http://0.0.0.0:6123/" in completed.stdout
     quiet = subprocess.run(
         ["bash", str(REPO / "scripts" / "tensorboard.sh"), str(tmp_path), "6123"],
-        capture_output=True, text=True, timeout=30, env=_script_env(TENSORBOARD="true"))
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_script_env(TENSORBOARD="true"),
+    )
     assert quiet.returncode == 0 and "WARNING" not in quiet.stderr
     assert quiet.stdout.startswith("TensorBoard: http://127.0.0.1:6123/")
-    bad = subprocess.run(["bash", str(REPO / "scripts" / "tensorboard.sh"), str(tmp_path), "x"],
-                         capture_output=True, text=True, timeout=30,
-                         env=_script_env(TENSORBOARD="true"))
+    bad = subprocess.run(
+        ["bash", str(REPO / "scripts" / "tensorboard.sh"), str(tmp_path), "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_script_env(TENSORBOARD="true"),
+    )
     assert bad.returncode == 2 and "PORT" in bad.stderr

@@ -2,12 +2,12 @@
 multi-output tickets model, --metrics, the GPU flags on a CPU-only machine and
 SavedModel export.
 
-Real TensorFlow training in this process (`harness.train.train` with tiny
+Real TensorFlow training in this process (`harness.train` with tiny
 configs); the entrypoint runs as a subprocess only where its exit status and
 stderr are the contract, and the exported SavedModels are loaded in a fresh
 Python process that never imports the harness or Keras's saving code.
 
-TensorBoard: the event files are read with `callbacks.events`.
+TensorBoard: the event files are read with `harness.callbacks.events`.
 """
 
 import json
@@ -22,15 +22,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from callbacks import events
 from harness import devices, multi_io, task
+from harness.callbacks import events
 from harness.config import MODES, Config, parse_loss_weights
 from harness.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_LINE = "training on the CPU"
-MULTI_IO_KEYS = ("loss", "priority_loss", "department_loss", "priority_accuracy",
-                 "department_accuracy")
+MULTI_IO_KEYS = (
+    "loss",
+    "priority_loss",
+    "department_loss",
+    "priority_accuracy",
+    "department_accuracy",
+)
 # Faster runs: no weight/gradient histograms (they are tested elsewhere).
 FAST = dict(histogram_freq=0)
 
@@ -47,8 +52,10 @@ cpu_only = pytest.mark.skipif(not _no_gpu(), reason="this machine has a GPU")
 
 def tensorboard(run_dir) -> dict:
     """{"train": {tag: [(step, value), ...]}, "validation": ...} of a run's epoch scalars."""
-    return {split: events.read(Path(run_dir) / split).scalars_named("epoch_")
-            for split in ("train", "validation")}
+    return {
+        split: events.read(Path(run_dir) / split).scalars_named("epoch_")
+        for split in ("train", "validation")
+    }
 
 
 def check_logged(result, lines, keys, epochs, load_json) -> None:
@@ -92,25 +99,34 @@ def harness_env() -> dict:
 
 def start_cli(args, cwd) -> subprocess.Popen:
     """`python -m harness.run ARGS`, started in the background."""
-    return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=cwd,
-                            env=harness_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=cwd,
+        env=harness_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> tuple:
     """(exit status, stdout, stderr) of a process from `start_cli`."""
     try:
         out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timeout_error:
         process.kill()
         out, err = process.communicate()
-        raise AssertionError(f"{process.args} still ran after {timeout} s: {err[-2000:]}")
+        raise AssertionError(
+            f"{process.args} still ran after {timeout} s: {err[-2000:]}"
+        ) from timeout_error
     return process.returncode, out, err
 
 
 def weighted_sum(history, prefix, index, weights) -> float:
-    return sum(weights[output] * history[f"{prefix}{output}_loss"][index]
-               for output in multi_io.OUTPUTS)
+    return sum(
+        weights[output] * history[f"{prefix}{output}_loss"][index] for output in multi_io.OUTPUTS
+    )
 
 
 # --- Multi-input, multi-output model -------------------------------------------------------
@@ -122,9 +138,12 @@ EPOCHS = 3
 def multi_io_runs(tiny_config, run_train, tmp_path_factory) -> dict:
     """The tickets model for 3 epochs in every loop: {mode: (Result, printed lines)}."""
     logdir = tmp_path_factory.mktemp("multi_io")
-    return {mode: run_train(tiny_config(logdir, mode=mode, model="multi_io", epochs=EPOCHS,
-                                        run_name=mode, **FAST))
-            for mode in MODES}
+    return {
+        mode: run_train(
+            tiny_config(logdir, mode=mode, model="multi_io", epochs=EPOCHS, run_name=mode, **FAST)
+        )
+        for mode in MODES
+    }
 
 
 def test_multi_io_loss_agrees_across_loops(multi_io_runs):
@@ -134,8 +153,9 @@ def test_multi_io_loss_agrees_across_loops(multi_io_runs):
         history = multi_io_runs[mode][0].history
         assert history["epoch"] == list(range(1, EPOCHS + 1))
         for key in ("loss", "val_loss"):
-            np.testing.assert_allclose(history[key], reference[key], rtol=0.01,
-                                       err_msg=f"{mode} {key} vs fit")
+            np.testing.assert_allclose(
+                history[key], reference[key], rtol=0.01, err_msg=f"{mode} {key} vs fit"
+            )
         assert history["loss"][-1] < history["loss"][0], (mode, history["loss"])
 
 
@@ -148,10 +168,17 @@ def test_multi_io_logs_every_output_in_every_loop(multi_io_runs, load_json):
         check_cpu_line_once(lines)
         events = tensorboard(result.run_dir)
         tag_sets[mode] = {split: set(scalars) for split, scalars in events.items()}
-        assert set(result.history) == {"epoch", *MULTI_IO_KEYS,
-                                       *(f"val_{key}" for key in MULTI_IO_KEYS)}, mode
-        assert {"epoch_priority_loss", "epoch_department_loss", "epoch_priority_accuracy",
-                "epoch_department_accuracy"} <= tag_sets[mode]["validation"]
+        assert set(result.history) == {
+            "epoch",
+            *MULTI_IO_KEYS,
+            *(f"val_{key}" for key in MULTI_IO_KEYS),
+        }, mode
+        assert {
+            "epoch_priority_loss",
+            "epoch_department_loss",
+            "epoch_priority_accuracy",
+            "epoch_department_accuracy",
+        } <= tag_sets[mode]["validation"]
     assert tag_sets["train_on_batch"] == tag_sets["fit"] == tag_sets["tape"], tag_sets
 
 
@@ -171,13 +198,17 @@ def test_multi_io_total_loss_is_the_weighted_sum(multi_io_runs):
             total = weighted_sum(history, "", epoch, weights)
             assert history["loss"][epoch] == pytest.approx(total, rel=3e-3), (mode, epoch)
             # Not the unweighted sum: department_loss (about ln 4) weighs 0.2.
-            assert history["loss"][epoch] < weights["priority"] * history["priority_loss"][
-                epoch] + 0.5 * history["department_loss"][epoch]
+            assert (
+                history["loss"][epoch]
+                < weights["priority"] * history["priority_loss"][epoch]
+                + 0.5 * history["department_loss"][epoch]
+            )
     tob = multi_io_runs["train_on_batch"][0].history
     for prefix in ("", "val_"):
         for epoch in range(EPOCHS):
             assert tob[f"{prefix}loss"][epoch] == pytest.approx(
-                weighted_sum(tob, prefix, epoch, weights), rel=1e-5), (prefix, epoch)
+                weighted_sum(tob, prefix, epoch, weights), rel=1e-5
+            ), (prefix, epoch)
 
 
 def test_multi_io_validation_per_output_losses_agree_between_fit_and_tape(multi_io_runs):
@@ -197,17 +228,24 @@ def test_multi_io_validation_per_output_losses_agree_between_fit_and_tape(multi_
 def test_multi_io_custom_loss_weights(make_config, run_train, load_json):
     """loss_weights priority=1, department=1 make the loss the plain sum."""
     weights = {"priority": 1.0, "department": 1.0}
-    config = make_config(mode="train_on_batch", model="multi_io", epochs=2,
-                         loss_weights=tuple(weights.items()), **FAST)
+    config = make_config(
+        mode="train_on_batch",
+        model="multi_io",
+        epochs=2,
+        loss_weights=tuple(weights.items()),
+        **FAST,
+    )
     result, _ = run_train(config)
     history = result.history
     for prefix in ("", "val_"):
         for epoch in range(2):
             total = history[f"{prefix}loss"][epoch]
-            assert total == pytest.approx(weighted_sum(history, prefix, epoch, weights),
-                                          rel=1e-5), (prefix, epoch)
+            assert total == pytest.approx(
+                weighted_sum(history, prefix, epoch, weights), rel=1e-5
+            ), (prefix, epoch)
             assert total != pytest.approx(
-                weighted_sum(history, prefix, epoch, multi_io.DEFAULT_LOSS_WEIGHTS), rel=0.05)
+                weighted_sum(history, prefix, epoch, multi_io.DEFAULT_LOSS_WEIGHTS), rel=0.05
+            )
     flags = load_json(Path(result.run_dir) / "flags.json")
     assert dict(map(tuple, flags["loss_weights"])) == weights
 
@@ -221,11 +259,22 @@ def test_multi_io_targets_depend_on_the_inputs(make_config, run_train):
     val_priority_accuracy stays at the majority rate for 8 epochs of 2000
     tickets (its AUC does rise), hence the higher rate here.
     """
-    config = make_config(mode="tape", model="multi_io", num_examples=2000, epochs=4,
-                         learning_rate=3e-3, metrics=("accuracy", "auc"), **FAST)
-    splits = multi_io.synthetic(num_examples=config.num_examples, num_words=config.num_words,
-                                max_len=config.max_len, num_departments=config.classes,
-                                seed=config.seed)
+    config = make_config(
+        mode="tape",
+        model="multi_io",
+        num_examples=2000,
+        epochs=4,
+        learning_rate=3e-3,
+        metrics=("accuracy", "auc"),
+        **FAST,
+    )
+    splits = multi_io.synthetic(
+        num_examples=config.num_examples,
+        num_words=config.num_words,
+        max_len=config.max_len,
+        num_departments=config.classes,
+        seed=config.seed,
+    )
     urgent = float(np.mean(splits.y_val["priority"]))
     majority = max(urgent, 1 - urgent)
     result, _ = run_train(config)
@@ -233,16 +282,30 @@ def test_multi_io_targets_depend_on_the_inputs(make_config, run_train):
     assert "val_priority_auc" in history and "val_department_auc" not in history
     assert max(history["val_department_accuracy"]) > 0.6, history["val_department_accuracy"]
     assert max(history["val_priority_accuracy"]) > majority + 0.03, (
-        majority, history["val_priority_accuracy"])
+        majority,
+        history["val_priority_accuracy"],
+    )
     assert max(history["val_priority_auc"]) > 0.75, history["val_priority_auc"]
     assert history["val_loss"][-1] < 0.85 * history["val_loss"][0], history["val_loss"]
 
 
-@pytest.mark.parametrize("text", [
-    "priority", "priority:1", "priority=x", "priority=1.0;department=0.2", "=1",
-    "urgency=1", "Priority=1", "priority=-1", "department=-0.5", "priority=nan",
-    "priority=inf", "priority=1,priority=2",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "priority",
+        "priority:1",
+        "priority=x",
+        "priority=1.0;department=0.2",
+        "=1",
+        "urgency=1",
+        "Priority=1",
+        "priority=-1",
+        "department=-0.5",
+        "priority=nan",
+        "priority=inf",
+        "priority=1,priority=2",
+    ],
+)
 def test_bad_loss_weights_are_usage_errors(text):
     with pytest.raises(UsageError, match=r"--loss_weights.*(priority.*department|output=weight)"):
         parse_loss_weights(text)
@@ -251,17 +314,24 @@ def test_bad_loss_weights_are_usage_errors(text):
 def test_loss_weights_parse():
     assert parse_loss_weights("") == ()
     assert parse_loss_weights(" priority = 1.0 , department=0.2 ") == (
-        ("priority", 1.0), ("department", 0.2))
+        ("priority", 1.0),
+        ("department", 0.2),
+    )
     assert parse_loss_weights("department=0") == (("department", 0.0),)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(loss_weights=(("priority", 1.0),)), "--loss_weights applies to .*multi_io"),
-    (dict(model="functional", loss_weights=(("department", 1.0),)),
-     "--loss_weights applies to .*multi_io"),
-    (dict(model="multi_io", dataset="reuters"), "--model=multi_io .*--dataset=reuters"),
-    (dict(model="multi_io", dataset="imdb"), "--model=multi_io .*--dataset=imdb"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(loss_weights=(("priority", 1.0),)), "--loss_weights applies to .*multi_io"),
+        (
+            dict(model="functional", loss_weights=(("department", 1.0),)),
+            "--loss_weights applies to .*multi_io",
+        ),
+        (dict(model="multi_io", dataset="reuters"), "--model=multi_io .*--dataset=reuters"),
+        (dict(model="multi_io", dataset="imdb"), "--model=multi_io .*--dataset=imdb"),
+    ],
+)
 def test_multi_io_usage_errors(overrides, message, make_config, logdir):
     with pytest.raises(UsageError, match=message):
         make_config(**overrides)
@@ -286,8 +356,15 @@ def test_multi_io_with_two_departments_is_rejected_or_trains(make_config, run_tr
 
 def test_multi_io_metrics_go_to_the_outputs_they_apply_to():
     _, keys = multi_io.compile_args(4, ("accuracy", "auc", "top3_accuracy"), {})
-    assert keys == ["loss", "priority_loss", "department_loss", "priority_accuracy",
-                    "priority_auc", "department_accuracy", "department_top3_accuracy"]
+    assert keys == [
+        "loss",
+        "priority_loss",
+        "department_loss",
+        "priority_accuracy",
+        "priority_auc",
+        "department_accuracy",
+        "department_top3_accuracy",
+    ]
     _, keys = multi_io.compile_args(4, (), {})
     assert keys == list(MULTI_IO_KEYS)
     with pytest.raises(ValueError, match="choose from accuracy, top5_accuracy"):
@@ -301,14 +378,17 @@ MULTICLASS = ("accuracy", "top3_accuracy", "crossentropy")
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("num_classes, names", [(2, BINARY), (46, MULTICLASS)],
-                         ids=["binary", "46-class"])
-def test_chosen_metrics_are_logged_everywhere(mode, num_classes, names, make_config,
-                                              run_train, load_json, capsys):
+@pytest.mark.parametrize(
+    "num_classes, names", [(2, BINARY), (46, MULTICLASS)], ids=["binary", "46-class"]
+)
+def test_chosen_metrics_are_logged_everywhere(
+    mode, num_classes, names, make_config, run_train, load_json, capsys
+):
     """Each chosen metric is on the console (the verbose=2 epoch line and the summary
     table), in history.json and TensorBoard, in every loop; the defaults are not."""
-    config = make_config(mode=mode, num_classes=num_classes, metrics=names, verbose=2,
-                         steps_per_epoch=4, **FAST)
+    config = make_config(
+        mode=mode, num_classes=num_classes, metrics=names, verbose=2, steps_per_epoch=4, **FAST
+    )
     result, lines = run_train(config)
     console = capsys.readouterr().out
     keys = ("loss", *names)
@@ -318,7 +398,9 @@ def test_chosen_metrics_are_logged_everywhere(mode, num_classes, names, make_con
     assert len(epoch_lines) == 1, console
     for key in keys:
         assert f" - {key}: " in epoch_lines[0] and f" - val_{key}: " in epoch_lines[0], (
-            key, epoch_lines[0])
+            key,
+            epoch_lines[0],
+        )
     unchosen = {"top5_accuracy", *BINARY, *MULTICLASS} - set(names)
     events = tensorboard(result.run_dir)
     for name in unchosen:
@@ -326,18 +408,32 @@ def test_chosen_metrics_are_logged_everywhere(mode, num_classes, names, make_con
         assert f" {name}: " not in epoch_lines[0], name
 
 
-@pytest.mark.parametrize("num_classes, names, message", [
-    (46, ("accuracy", "f1"), "unknown metric 'f1'; choose from accuracy, top5_accuracy, "
-                             "top3_accuracy, crossentropy, auc, precision, recall"),
-    (2, ("Accuracy",), "unknown metric 'Accuracy'; choose from accuracy"),
-    (46, ("auc",), "'auc' does not apply to a 46-class task; choose from accuracy, "
-                   "top5_accuracy, top3_accuracy, crossentropy$"),
-    (46, ("precision",), "'precision' does not apply to a 46-class task"),
-    (2, ("top5_accuracy",), "'top5_accuracy' does not apply to a binary task; choose from "
-                            "accuracy, crossentropy, auc, precision, recall$"),
-])
-def test_bad_metrics_are_usage_errors(num_classes, names, message, make_config, run_train,
-                                      logdir):
+@pytest.mark.parametrize(
+    "num_classes, names, message",
+    [
+        (
+            46,
+            ("accuracy", "f1"),
+            "unknown metric 'f1'; choose from accuracy, top5_accuracy, "
+            "top3_accuracy, crossentropy, auc, precision, recall",
+        ),
+        (2, ("Accuracy",), "unknown metric 'Accuracy'; choose from accuracy"),
+        (
+            46,
+            ("auc",),
+            "'auc' does not apply to a 46-class task; choose from accuracy, "
+            "top5_accuracy, top3_accuracy, crossentropy$",
+        ),
+        (46, ("precision",), "'precision' does not apply to a 46-class task"),
+        (
+            2,
+            ("top5_accuracy",),
+            "'top5_accuracy' does not apply to a binary task; choose from "
+            "accuracy, crossentropy, auc, precision, recall$",
+        ),
+    ],
+)
+def test_bad_metrics_are_usage_errors(num_classes, names, message, make_config, run_train, logdir):
     config = make_config(num_classes=num_classes, metrics=names)
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         run_train(config)
@@ -369,20 +465,29 @@ def test_cpu_machine_accepts_the_memory_flags(growth, limit):
 @pytest.mark.parametrize("gpus", [(0,), (1,), (0, 1)])
 def test_naming_a_gpu_on_a_cpu_machine_is_a_usage_error(gpus, make_config, run_train, logdir):
     config = make_config(gpus=gpus)
-    with pytest.raises(UsageError, match=rf"--gpus={','.join(map(str, gpus))}: this machine "
-                                         "has no GPU"):
+    with pytest.raises(
+        UsageError,
+        match=rf"--gpus={','.join(map(str, gpus))}: this machine "
+        "has no GPU",
+    ):
         run_train(config)
     assert not logdir.exists()
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(gpus=(-1,)), r"--gpus=-1 is not allowed"),
-    (dict(gpus=(0, -2)), r"--gpus=0,-2 is not allowed"),
-    (dict(gpu_memory_limit_mb=-5), r"--gpu_memory_limit_mb=-5 is not allowed"),
-    (dict(intra_op_threads=-1), r"--intra_op_threads=-1 is not allowed: it must be 0 "
-                                r"\(TensorFlow's choice\)"),
-    (dict(inter_op_threads=-2), r"--inter_op_threads=-2 is not allowed"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(gpus=(-1,)), r"--gpus=-1 is not allowed"),
+        (dict(gpus=(0, -2)), r"--gpus=0,-2 is not allowed"),
+        (dict(gpu_memory_limit_mb=-5), r"--gpu_memory_limit_mb=-5 is not allowed"),
+        (
+            dict(intra_op_threads=-1),
+            r"--intra_op_threads=-1 is not allowed: it must be 0 "
+            r"\(TensorFlow's choice\)",
+        ),
+        (dict(inter_op_threads=-2), r"--inter_op_threads=-2 is not allowed"),
+    ],
+)
 def test_bad_device_values_are_usage_errors(overrides, message, make_config):
     with pytest.raises(UsageError, match=message):
         make_config(**overrides)
@@ -396,7 +501,7 @@ THREADS_SCRIPT = textwrap.dedent("""
     import json, sys
     from harness.config import Config
     from harness.errors import UsageError
-    from harness.train import train
+    from harness import train
     logdir = sys.argv[1]
     tiny = dict(mode="tape", epochs=1, num_examples=64, max_len=30, num_words=200,
                 histogram_freq=0, verbose=0, logdir=logdir)
@@ -417,13 +522,21 @@ THREADS_SCRIPT = textwrap.dedent("""
 
 def test_thread_flags_set_tensorflows_pools(tmp_path, load_json):
     logdir = tmp_path / "logs"
-    process = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(logdir)], cwd=tmp_path,
-                             env=harness_env(), capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT, str(logdir)],
+        cwd=tmp_path,
+        env=harness_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     out = json.loads(process.stdout.strip().splitlines()[-1])
     assert (out["intra"], out["inter"]) == (1, 3)
-    assert ("harness: CPU threads: intra-op 1 (threads per op), inter-op 3 (ops at once)"
-            in out["lines"])
+    assert (
+        "harness: CPU threads: intra-op 1 (threads per op), inter-op 3 (ops at once)"
+        in out["lines"]
+    )
     flags = load_json(Path(out["run_dir"]) / "flags.json")
     assert (flags["intra_op_threads"], flags["inter_op_threads"]) == (1, 3)
     assert load_json(Path(out["run_dir"]) / "history.json")["epoch"] == [1]
@@ -456,8 +569,13 @@ CLI_CASES = [
 
 @cpu_only
 def test_cli_usage_errors_are_one_line_exit_2(tmp_path):
-    tiny = ["--epochs=1", "--num_examples=64", "--max_len=60", "--num_words=1000",
-            f"--logdir={tmp_path / 'logs'}"]
+    tiny = [
+        "--epochs=1",
+        "--num_examples=64",
+        "--max_len=60",
+        "--num_words=1000",
+        f"--logdir={tmp_path / 'logs'}",
+    ]
     processes = [(case, start_cli([*case[0], *tiny], tmp_path)) for case in CLI_CASES]
     for (flags, status, text), process in processes:
         code, out, err = finish(process)
@@ -496,13 +614,15 @@ LOADER = textwrap.dedent("""
 def _inputs(model: str, config: Config) -> dict:
     rng = np.random.default_rng(7)
     if model != "multi_io":
-        return {"tokens": rng.integers(0, config.num_words, (N_INPUTS, config.max_len),
-                                       dtype=np.int32)}
+        return {
+            "tokens": rng.integers(0, config.num_words, (N_INPUTS, config.max_len), dtype=np.int32)
+        }
     title = multi_io.title_length(config.max_len)
-    return {"title": rng.integers(0, config.num_words, (N_INPUTS, title), dtype=np.int32),
-            "body": rng.integers(0, config.num_words, (N_INPUTS, config.max_len),
-                                 dtype=np.int32),
-            "tags": (rng.random((N_INPUTS, multi_io.NUM_TAGS)) < 0.3).astype(np.float32)}
+    return {
+        "title": rng.integers(0, config.num_words, (N_INPUTS, title), dtype=np.int32),
+        "body": rng.integers(0, config.num_words, (N_INPUTS, config.max_len), dtype=np.int32),
+        "tags": (rng.random((N_INPUTS, multi_io.NUM_TAGS)) < 0.3).astype(np.float32),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -512,8 +632,9 @@ def exports(tiny_config, run_train, tmp_path_factory) -> dict:
     logdir = tmp_path_factory.mktemp("export")
     runs, jobs = {}, []
     for model in EXPORTED:
-        config = tiny_config(logdir, model=model, run_name=model, num_examples=100, epochs=1,
-                             export=True, **FAST)
+        config = tiny_config(
+            logdir, model=model, run_name=model, num_examples=100, epochs=1, export=True, **FAST
+        )
         run = runs[model] = dict(config=config, inputs=_inputs(model, config), error=None)
         try:
             run["result"], run["lines"] = run_train(config)
@@ -522,14 +643,18 @@ def exports(tiny_config, run_train, tmp_path_factory) -> dict:
             continue
         inputs, outputs = logdir / f"{model}-in.npz", logdir / f"{model}-out.npz"
         np.savez(inputs, **run["inputs"])
-        jobs.append((str(Path(run["result"].run_dir) / "saved_model"), str(inputs),
-                     str(outputs)))
+        jobs.append((str(Path(run["result"].run_dir) / "saved_model"), str(inputs), str(outputs)))
         run["outputs"] = outputs
     if jobs:
-        loader = subprocess.run([sys.executable, "-c", LOADER, json.dumps(jobs)],
-                                capture_output=True, text=True, timeout=180,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                                cwd=logdir, stdin=subprocess.DEVNULL)
+        loader = subprocess.run(
+            [sys.executable, "-c", LOADER, json.dumps(jobs)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            cwd=logdir,
+            stdin=subprocess.DEVNULL,
+        )
         assert loader.returncode == 0, loader.stderr[-3000:]
         for run in runs.values():
             if "outputs" in run:
@@ -553,8 +678,7 @@ def _check_export(run) -> None:
 
     best = keras.saving.load_model(run_dir / "best.keras", safe_mode=True)
     inputs = run["inputs"]
-    expected = best.predict(inputs["tokens"] if list(inputs) == ["tokens"] else inputs,
-                            verbose=0)
+    expected = best.predict(inputs["tokens"] if list(inputs) == ["tokens"] else inputs, verbose=0)
     expected = expected if isinstance(expected, dict) else {"output": expected}
     served = run["served"]
     assert set(served) == set(expected), (sorted(served), sorted(expected))

@@ -20,12 +20,15 @@ def tiny(input_shape, num_classes):
         head = layers.Dense(1, activation="sigmoid")
     else:
         head = layers.Dense(num_classes, activation="softmax")
-    return keras.Sequential([
-        keras.Input(shape=input_shape, dtype="int32"),
-        layers.Embedding(VOCABULARY, 8),
-        layers.GlobalAveragePooling1D(),
-        head,
-    ], name="tiny")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            layers.Embedding(VOCABULARY, 8),
+            layers.GlobalAveragePooling1D(),
+            head,
+        ],
+        name="tiny",
+    )
 
 
 def not_a_model(input_shape, num_classes):
@@ -41,8 +44,7 @@ class Scale(layers.Layer):
     holds its name, but Keras cannot find the class to load it back."""
 
     def build(self, input_shape):
-        self.factor = self.add_weight(shape=(input_shape[-1],), initializer="ones",
-                                      name="factor")
+        self.factor = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="factor")
 
     def call(self, inputs):
         return inputs * self.factor
@@ -51,44 +53,68 @@ class Scale(layers.Layer):
 def custom_layer(input_shape, num_classes):
     """`tiny` with an unregistered custom layer after the embedding."""
     model = tiny(input_shape, num_classes)
-    return keras.Sequential([keras.Input(shape=input_shape, dtype="int32"), model.layers[0],
-                             Scale(), *model.layers[1:]], name="custom_layer")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            model.layers[0],
+            Scale(),
+            *model.layers[1:],
+        ],
+        name="custom_layer",
+    )
 
 
 def lambda_layer(input_shape, num_classes):
     """`tiny` with a Lambda layer, which Keras's safe mode refuses to load."""
     model = tiny(input_shape, num_classes)
-    return keras.Sequential([keras.Input(shape=input_shape, dtype="int32"), model.layers[0],
-                             layers.Lambda(lambda x: x * 0.5), *model.layers[1:]],
-                            name="lambda_layer")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            model.layers[0],
+            layers.Lambda(lambda x: x * 0.5),
+            *model.layers[1:],
+        ],
+        name="lambda_layer",
+    )
 
 
 def wrong_units(input_shape, num_classes):
     """A head with the wrong number of units for the task."""
-    return keras.Sequential([
-        keras.Input(shape=input_shape, dtype="int32"),
-        layers.Embedding(VOCABULARY, 8),
-        layers.GlobalAveragePooling1D(),
-        layers.Dense(num_classes + 3, activation="softmax"),
-    ], name="wrong_units")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            layers.Embedding(VOCABULARY, 8),
+            layers.GlobalAveragePooling1D(),
+            layers.Dense(num_classes + 3, activation="softmax"),
+        ],
+        name="wrong_units",
+    )
 
 
 def two_outputs(input_shape, num_classes):
     """Two outputs where the task has one."""
     tokens = keras.Input(shape=input_shape, dtype="int32")
     pooled = layers.GlobalAveragePooling1D()(layers.Embedding(VOCABULARY, 8)(tokens))
-    return keras.Model(tokens, [layers.Dense(num_classes, activation="softmax")(pooled),
-                                layers.Dense(1, activation="sigmoid")(pooled)])
+    return keras.Model(
+        tokens,
+        [
+            layers.Dense(num_classes, activation="softmax")(pooled),
+            layers.Dense(1, activation="sigmoid")(pooled),
+        ],
+    )
 
 
 def no_weights(input_shape, num_classes):
     """A model whose every weight is frozen: nothing to train."""
-    return keras.Sequential([
-        keras.Input(shape=input_shape, dtype="int32"),
-        layers.Embedding(VOCABULARY, num_classes if num_classes > 2 else 1, trainable=False),
-        layers.GlobalAveragePooling1D(),
-        layers.Activation("softmax" if num_classes > 2 else "sigmoid"),
-    ], name="no_weights")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            layers.Embedding(VOCABULARY, num_classes if num_classes > 2 else 1, trainable=False),
+            layers.GlobalAveragePooling1D(),
+            layers.Activation("softmax" if num_classes > 2 else "sigmoid"),
+        ],
+        name="no_weights",
+    )
 
 
 def _check_vocabulary(size):
@@ -121,5 +147,12 @@ class DiesInSave(layers.Layer):
 def dies_in_save(input_shape, num_classes):
     """`tiny` with a `DiesInSave` layer after the embedding."""
     model = tiny(input_shape, num_classes)
-    return keras.Sequential([keras.Input(shape=input_shape, dtype="int32"), model.layers[0],
-                             DiesInSave(), *model.layers[1:]], name="dies_in_save")
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="int32"),
+            model.layers[0],
+            DiesInSave(),
+            *model.layers[1:],
+        ],
+        name="dies_in_save",
+    )

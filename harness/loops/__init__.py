@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LOOPS", "MODES", "Loop", "Schedule", "build_metrics", "check", "get", "run"]
 
-LOOPS: dict[str, type[Loop]] = {loop.mode: loop for loop in (FitLoop, TrainOnBatchLoop,
-                                                             TapeLoop)}
+LOOPS: dict[str, type[Loop]] = {loop.mode: loop for loop in (FitLoop, TrainOnBatchLoop, TapeLoop)}
 MODES = tuple(LOOPS)
 # Keras 3's fit and train_on_batch under MultiWorkerMirroredStrategy fail ("Attempt to
 # convert a value (PerReplica...) to a Tensor"; "Invalid reduction dimension 0").
@@ -48,14 +47,18 @@ def check(config: Config) -> None:
             f"--strategy=multi_worker cannot run --mode={loop.mode}: Keras 3's "
             f"{loop.mode} fails under MultiWorkerMirroredStrategy "
             f"({KERAS_MULTI_WORKER_ISSUE}); use {_modes_where('multi_worker')}, the "
-            "harness's own loop, which runs on many machines")
+            "harness's own loop, which runs on many machines"
+        )
     if config.steps_per_execution > 1 and loop.one_batch_per_call:
-        raise UsageError(f"--steps_per_execution={config.steps_per_execution} does not apply "
-                         f"to --mode={loop.mode}, which trains one batch per call: use "
-                         f"{_modes_where('one_batch_per_call', False)}, or drop the flag")
+        raise UsageError(
+            f"--steps_per_execution={config.steps_per_execution} does not apply "
+            f"to --mode={loop.mode}, which trains one batch per call: use "
+            f"{_modes_where('one_batch_per_call', False)}, or drop the flag"
+        )
 
 
 def _modes_where(declaration: str, value: bool = True) -> str:
     """'--mode=a or --mode=b': the loops whose `declaration` is `value`."""
-    return " or ".join(f"--mode={mode}" for mode, loop in LOOPS.items()
-                       if getattr(loop, declaration) == value)
+    return " or ".join(
+        f"--mode={mode}" for mode, loop in LOOPS.items() if getattr(loop, declaration) == value
+    )

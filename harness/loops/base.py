@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import TYPE_CHECKING, ClassVar, Optional
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.errors import UsageError
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from callbacks.epoch_state import EpochMetricsState
+    from harness.callbacks.epoch_state import EpochMetricsState
     from harness.config import Config
     from harness.data import TrainStream
 
@@ -39,8 +39,9 @@ class Schedule:
     steps_per_execution: int = 1
 
     @classmethod
-    def at_step(cls, global_step: int, epochs: int, steps_per_epoch: int,
-                steps_per_execution: int = 1) -> Schedule:
+    def at_step(
+        cls, global_step: int, epochs: int, steps_per_epoch: int, steps_per_execution: int = 1
+    ) -> Schedule:
         """The schedule of a run that has already trained `global_step` steps."""
         epoch, step = divmod(global_step, steps_per_epoch)
         return cls(epochs, steps_per_epoch, epoch, step, steps_per_execution)
@@ -79,22 +80,32 @@ class Loop(abc.ABC):
         """Train steps per compiled call: --steps_per_execution, or this loop's auto."""
         if config.steps_per_execution:
             return config.steps_per_execution
-        return math.gcd(self.auto_steps_per_execution, config.summary_every_steps,
-                        config.checkpoint_every_steps)
+        return math.gcd(
+            self.auto_steps_per_execution, config.summary_every_steps, config.checkpoint_every_steps
+        )
 
     def check_epoch(self, steps_per_epoch: int, execution_steps: int) -> None:
         """Raises UsageError if the executions do not fit the epoch this loop runs."""
         if self.steps_per_execution_divides_epoch and steps_per_epoch % execution_steps:
-            raise UsageError(f"--steps_per_execution={execution_steps} must divide the "
-                             f"{steps_per_epoch} steps of an epoch with --mode={self.mode} "
-                             "(Keras would run extra steps); set --steps_per_epoch to a "
-                             "multiple of it")
+            raise UsageError(
+                f"--steps_per_execution={execution_steps} must divide the "
+                f"{steps_per_epoch} steps of an epoch with --mode={self.mode} "
+                "(Keras would run extra steps); set --steps_per_epoch to a "
+                "multiple of it"
+            )
 
     @abc.abstractmethod
-    def run(self, model: keras.Model, train: TrainStream,
-            validation: Optional[tf.data.Dataset], callbacks: keras.callbacks.CallbackList,
-            schedule: Schedule, *, jit_compile: bool = False,
-            metrics_state: Optional[EpochMetricsState] = None) -> None:
+    def run(
+        self,
+        model: keras.Model,
+        train: TrainStream,
+        validation: tf.data.Dataset | None,
+        callbacks: keras.callbacks.CallbackList,
+        schedule: Schedule,
+        *,
+        jit_compile: bool = False,
+        metrics_state: EpochMetricsState | None = None,
+    ) -> None:
         """Trains `model`.
 
         Args:
@@ -156,8 +167,9 @@ def manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) 
         epoch_logs = steps.result()
         if validation is not None:
             capturing = any(start <= global_step < stop for start, stop in windows)
-            epoch_logs.update(_evaluate(steps, validation, callbacks,
-                                        1 if capturing else per_execution))
+            epoch_logs.update(
+                _evaluate(steps, validation, callbacks, 1 if capturing else per_execution)
+            )
         callbacks.on_epoch_end(epoch, epoch_logs)
         if model.stop_training:
             break
@@ -166,14 +178,17 @@ def manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) 
 
 def _profile_windows(callbacks: keras.callbacks.CallbackList) -> list:
     """The (start, stop) global-step windows the run's profiler callbacks capture."""
-    from callbacks.profiler import ProfilerCallback  # TensorFlow: only when a loop runs
+    from harness.callbacks.profiler import ProfilerCallback  # TensorFlow: only when a loop runs
 
-    return sorted(window for callback in callbacks.callbacks
-                  if isinstance(callback, ProfilerCallback) for window in callback.windows)
+    return sorted(
+        window
+        for callback in callbacks.callbacks
+        if isinstance(callback, ProfilerCallback)
+        for window in callback.windows
+    )
 
 
-def _execution_size(global_step: int, per_execution: int, epoch_end: int,
-                    windows: list) -> int:
+def _execution_size(global_step: int, per_execution: int, epoch_end: int, windows: list) -> int:
     """How many steps the execution after `global_step` runs: up to the next
     multiple of `per_execution` and the epoch end, one step inside a profile
     window, and never into one."""

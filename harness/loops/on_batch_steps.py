@@ -4,7 +4,7 @@ Imported when the loop runs (it imports TensorFlow); see `train_on_batch.py`.
 """
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -67,12 +67,13 @@ class OnBatchSteps:
     def reset(self) -> None:
         self._sums: dict = {}
         self._count = 0
-        self._restored: Optional[np.ndarray] = None
+        self._restored: np.ndarray | None = None
 
     def get_state(self) -> np.ndarray:
         """The running state as [examples, sum of each log by name]: a `MetricState`."""
-        return np.array([self._count, *(self._sums[name] for name in sorted(self._sums))],
-                        dtype=np.float64)
+        return np.array(
+            [self._count, *(self._sums[name] for name in sorted(self._sums))], dtype=np.float64
+        )
 
     def set_state(self, values: np.ndarray) -> None:
         """Continues from `values` (see `get_state`); the names come with the next batch."""

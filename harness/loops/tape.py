@@ -19,13 +19,23 @@ class TapeLoop(Loop):
     auto_steps_per_execution = 100
     multi_worker = True
 
-    def run(self, model, train, validation, callbacks, schedule: Schedule, *,
-            jit_compile: bool = False, metrics_state=None) -> None:
-        from callbacks.epoch_state import VariablesState  # TensorFlow: only when run
+    def run(
+        self,
+        model,
+        train,
+        validation,
+        callbacks,
+        schedule: Schedule,
+        *,
+        jit_compile: bool = False,
+        metrics_state=None,
+    ) -> None:
+        from harness.callbacks.epoch_state import VariablesState  # TensorFlow: only when run
         from harness.loops.tape_steps import TapeSteps
 
         steps = TapeSteps(model, jit_compile)
         if metrics_state is not None:
-            metrics_state.attach(VariablesState(
-                lambda: [*model.metrics_variables, *steps.loss_mean.variables]))
+            metrics_state.attach(
+                VariablesState(lambda: [*model.metrics_variables, *steps.loss_mean.variables])
+            )
         manual_loop(model, steps, train, validation, callbacks, schedule)

@@ -57,8 +57,11 @@ class TapeSteps:
 
     def train(self, batches: "_StaticBatches", count: int) -> Logs:
         for iterator, steps in batches.take(count):
-            logs = (self._one_step(iterator) if steps == 1
-                    else self._steps(iterator, tf.constant(steps)))
+            logs = (
+                self._one_step(iterator)
+                if steps == 1
+                else self._steps(iterator, tf.constant(steps))
+            )
         if self._trace_partial:
             # The partial batches' step is traced with the first execution, not at the
             # first partial batch: that comes after the first epoch when
@@ -138,8 +141,9 @@ class _StaticBatches:
         self._stream = stream
         self._step = start_step
         self._full = iter(distribute(stream.full_batches(start_step)))
-        self.partial = (iter(distribute(stream.partial_batches(start_step)))
-                        if stream.partial_size else None)
+        self.partial = (
+            iter(distribute(stream.partial_batches(start_step))) if stream.partial_size else None
+        )
 
     def take(self, count: int) -> list:
         """The next `count` steps, in order, as (iterator, steps) runs."""

@@ -11,8 +11,17 @@ class TrainOnBatchLoop(Loop):
     mode = "train_on_batch"
     one_batch_per_call = True
 
-    def run(self, model, train, validation, callbacks, schedule: Schedule, *,
-            jit_compile: bool = False, metrics_state=None) -> None:
+    def run(
+        self,
+        model,
+        train,
+        validation,
+        callbacks,
+        schedule: Schedule,
+        *,
+        jit_compile: bool = False,
+        metrics_state=None,
+    ) -> None:
         del jit_compile  # train_on_batch takes it from model.compile
         from harness.loops.on_batch_steps import OnBatchSteps, compiled_metric_resets
 

@@ -10,30 +10,55 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
-from callbacks import files
-from callbacks.best_model import BestModel
-from callbacks.checkpoint import (Checkpointing, checkpoint_prefixes, make_manager,
-                                  restore_latest)
-from callbacks.epoch_state import EpochMetricsState
-from callbacks.events import purge_after
-from callbacks.guards import Interrupted, NonFinite, NonFiniteLossGuard, StopOnSignal
-from callbacks.history_file import HistoryFile
-from callbacks.lr_halving import LearningRateHalving
-from callbacks.profiler import ProfilerCallback, start_profiler_server
-from callbacks.summary import TensorBoardSummaries
-from harness import (data, devices, distribute, export, loops, models, multi_io, report,
-                     rundir, task, tracing)
+from harness import (
+    data,
+    devices,
+    distribute,
+    export,
+    loops,
+    models,
+    multi_io,
+    report,
+    rundir,
+    task,
+    tracing,
+)
+from harness.callbacks import files
+from harness.callbacks.best_model import BestModel
+from harness.callbacks.checkpoint import (
+    Checkpointing,
+    checkpoint_prefixes,
+    make_manager,
+    restore_latest,
+)
+from harness.callbacks.epoch_state import EpochMetricsState
+from harness.callbacks.events import purge_after
+from harness.callbacks.guards import Interrupted, NonFinite, NonFiniteLossGuard, StopOnSignal
+from harness.callbacks.history_file import HistoryFile
+from harness.callbacks.lr_halving import LearningRateHalving
+from harness.callbacks.profiler import ProfilerCallback, start_profiler_server
+from harness.callbacks.summary import TensorBoardSummaries
 from harness.config import Config
 from harness.errors import HarnessError, RunInterrupted, UsageError
 
 # Flags compared across runs in TensorBoard's HParams tab.
-HPARAMS = ("mode", "model", "dataset", "optimizer", "learning_rate", "batch_size", "seed",
-           "epochs", "num_words", "max_len")
+HPARAMS = (
+    "mode",
+    "model",
+    "dataset",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "epochs",
+    "num_words",
+    "max_len",
+)
 
 
 @dataclasses.dataclass
@@ -45,9 +70,13 @@ class Result:
     trace_counts: dict  # traces of the train and test steps: see tracing.py
 
 
-def train(config: Config, print_fn: Callable[[str], None] = print,
-          callbacks: Sequence[keras.callbacks.Callback] = (), *,
-          run_dir: Optional[str] = None) -> Result:
+def train(
+    config: Config,
+    print_fn: Callable[[str], None] = print,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    *,
+    run_dir: str | None = None,
+) -> Result:
     """Trains the model `config` describes and returns where it went and how it did.
 
     Args:
@@ -68,73 +97,119 @@ def train(config: Config, print_fn: Callable[[str], None] = print,
         config.validate()
     threads_line = devices.configure_threads(config.intra_op_threads, config.inter_op_threads)
     keras.backend.clear_session()  # fresh layer names: the same tags in every run
-    device_line = devices.configure(config.gpus, config.gpu_memory_growth,
-                                    config.gpu_memory_limit_mb)
+    device_line = devices.configure(
+        config.gpus, config.gpu_memory_growth, config.gpu_memory_limit_mb
+    )
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     chief = distribute.is_chief(strategy)
     if chief:
         run_dir = run_dir or rundir.plan(config)
     else:
         run_dir = tempfile.mkdtemp(prefix="harness-worker-")
-        print_fn(f"{distribute.describe(strategy)}: this worker trains and writes nothing; "
-                 "the chief (worker 0) writes the run")
+        print_fn(
+            f"{distribute.describe(strategy)}: this worker trains and writes nothing; "
+            "the chief (worker 0) writes the run"
+        )
     # The epoch's metric state is a plain host variable: a variable of unknown shape
     # created under MultiWorkerMirroredStrategy crashes its broadcast.
     metrics_state = EpochMetricsState()
     try:
         with strategy.scope():
-            result = _train(config, run_dir, print_fn if chief else _quiet,
-                            [device_line, threads_line, distribute.describe(strategy)],
-                            list(callbacks), metrics_state)
+            result = _train(
+                config,
+                run_dir,
+                print_fn if chief else _quiet,
+                [device_line, threads_line, distribute.describe(strategy)],
+                list(callbacks),
+                metrics_state,
+            )
     finally:
         if not chief:
             shutil.rmtree(run_dir, ignore_errors=True)
     return result
 
 
-def _train(config: Config, run_dir: str, print_fn: Callable[[str], None],
-           startup_lines: list, user_callbacks: list,
-           metrics_state: EpochMetricsState) -> Result:
+def _train(
+    config: Config,
+    run_dir: str,
+    print_fn: Callable[[str], None],
+    startup_lines: list,
+    user_callbacks: list,
+    metrics_state: EpochMetricsState,
+) -> Result:
     """Everything of `train` that runs inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
     splits = _load_data(config)
     model = _compiled_model(config, splits.num_classes)
-    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size,
-                                     config.steps_per_epoch)
+    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
-    stop_guard = StopOnSignal(steps_per_epoch=steps_per_epoch,
-                              end_step=config.epochs * steps_per_epoch)
+    stop_guard = StopOnSignal(
+        steps_per_epoch=steps_per_epoch, end_step=config.epochs * steps_per_epoch
+    )
     stop_guard.catch()  # from the moment the run directory exists
     claim = None  # this process's hold on the run directory, for the run's life
     try:
         claim = rundir.create(config, run_dir)
-        manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR),
-                               config.keep_checkpoints, warn=print_fn,
-                               extra={"epoch_metrics": metrics_state.saved})
-        checkpointing = Checkpointing(manager, config.checkpoint_every_steps, steps_per_epoch,
-                                      before_save=metrics_state.capture)
+        manager = make_manager(
+            model,
+            os.path.join(run_dir, rundir.CHECKPOINT_DIR),
+            config.keep_checkpoints,
+            warn=print_fn,
+            extra={"epoch_metrics": metrics_state.saved},
+        )
+        checkpointing = Checkpointing(
+            manager,
+            config.checkpoint_every_steps,
+            steps_per_epoch,
+            before_save=metrics_state.capture,
+        )
         stop_guard.on_stop = checkpointing.save
-        return _train_in(config, run_dir, model, splits, steps_per_epoch, checkpointing,
-                         metrics_state, stop_guard, print_fn, startup_lines, user_callbacks)
+        return _train_in(
+            config,
+            run_dir,
+            model,
+            splits,
+            steps_per_epoch,
+            checkpointing,
+            metrics_state,
+            stop_guard,
+            print_fn,
+            startup_lines,
+            user_callbacks,
+        )
     finally:
         stop_guard.restore_handlers()
         if claim:
             claim.release()
 
 
-def _train_in(config: Config, run_dir: str, model: keras.Model, splits: data.Splits,
-              steps_per_epoch: int, checkpointing: Checkpointing,
-              metrics_state: EpochMetricsState, stop_guard: StopOnSignal,
-              print_fn: Callable[[str], None], startup_lines: list,
-              user_callbacks: list) -> Result:
+def _train_in(
+    config: Config,
+    run_dir: str,
+    model: keras.Model,
+    splits: data.Splits,
+    steps_per_epoch: int,
+    checkpointing: Checkpointing,
+    metrics_state: EpochMetricsState,
+    stop_guard: StopOnSignal,
+    print_fn: Callable[[str], None],
+    startup_lines: list,
+    user_callbacks: list,
+) -> Result:
     """The part of `_train` that runs in the run directory, with stop signals caught."""
     global_step = 0
     if config.resume:
-        global_step = _restore(model, rundir.path(config), config.keep_checkpoints,
-                               checkpointing.manager.checkpoint, print_fn)
-    schedule = loops.Schedule.at_step(global_step, config.epochs, steps_per_epoch,
-                                      config.execution_steps)
+        global_step = _restore(
+            model,
+            rundir.path(config),
+            config.keep_checkpoints,
+            checkpointing.manager.checkpoint,
+            print_fn,
+        )
+    schedule = loops.Schedule.at_step(
+        global_step, config.epochs, steps_per_epoch, config.execution_steps
+    )
     if schedule.initial_step_in_epoch and not tf.distribute.has_strategy():
         # The epoch's train metrics go on from the checkpoint's running state (Keras's
         # metric variables under a strategy take no assignment between replicas'
@@ -146,29 +221,45 @@ def _train_in(config: Config, run_dir: str, model: keras.Model, splits: data.Spl
             history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
             _export(run_dir, model, splits, print_fn)
             return Result(run_dir=run_dir, history=history, trace_counts={})
-        raise UsageError(f"--resume: the run already finished {schedule.initial_epoch} "
-                         "epochs; pass a larger --epochs to train further, or --export "
-                         "to export it")
+        raise UsageError(
+            f"--resume: the run already finished {schedule.initial_epoch} "
+            "epochs; pass a larger --epochs to train further, or --export "
+            "to export it"
+        )
     if config.resume:
         rundir.save_flags(config, run_dir)  # e.g. the larger --epochs it now trains to
         dropped, damaged = purge_after(run_dir, global_step, schedule.initial_epoch)
         if dropped:
-            print_fn(f"harness: dropped summaries written after step {global_step} "
-                     "(they are written again now)")
+            print_fn(
+                f"harness: dropped summaries written after step {global_step} "
+                "(they are written again now)"
+            )
         if damaged:
-            print_fn(f"harness: warning: skipped {damaged} damaged stretch(es) of event "
-                     "records; the summaries in them are lost, the rest are kept")
-    validation = data.validation_dataset(splits.x_val, splits.y_val,
-                                         batch_size=config.batch_size)
+            print_fn(
+                f"harness: warning: skipped {damaged} damaged stretch(es) of event "
+                "records; the summaries in them are lost, the rest are kept"
+            )
+    validation = data.validation_dataset(splits.x_val, splits.y_val, batch_size=config.batch_size)
     if config.validation_steps:
         validation = validation.take(config.validation_steps)
-    stream = data.TrainStream(splits.x_train, splits.y_train, batch_size=config.batch_size,
-                              seed=config.seed)
+    stream = data.TrainStream(
+        splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed
+    )
     callback_list = keras.callbacks.CallbackList(
-        [metrics_state, *_callbacks(config, run_dir, splits, schedule, print_fn),
-         *user_callbacks, checkpointing, stop_guard],
-        add_history=True, add_progbar=config.verbose > 0, verbose=config.verbose,
-        epochs=config.epochs, steps=steps_per_epoch, model=model)
+        [
+            metrics_state,
+            *_callbacks(config, run_dir, splits, schedule, print_fn),
+            *user_callbacks,
+            checkpointing,
+            stop_guard,
+        ],
+        add_history=True,
+        add_progbar=config.verbose > 0,
+        verbose=config.verbose,
+        epochs=config.epochs,
+        steps=steps_per_epoch,
+        model=model,
+    )
     if not global_step:
         checkpointing.save()  # step 0: a run stopped before its first step resumes too
 
@@ -177,8 +268,16 @@ def _train_in(config: Config, run_dir: str, model: keras.Model, splits: data.Spl
     print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
     try:
-        loops.run(config.mode, model, stream, validation, callback_list, schedule,
-                  jit_compile=config.jit_compile, metrics_state=metrics_state)
+        loops.run(
+            config.mode,
+            model,
+            stream,
+            validation,
+            callback_list,
+            schedule,
+            jit_compile=config.jit_compile,
+            metrics_state=metrics_state,
+        )
     except (Interrupted, NonFinite, files.WriteFailed) as stop:
         callback_list.on_train_end()  # flushes the summaries, puts signal handlers back
         raise _stopped(stop, run_dir, checkpointing.manager) from None
@@ -189,51 +288,72 @@ def _train_in(config: Config, run_dir: str, model: keras.Model, splits: data.Spl
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
 
 
-def _export(run_dir: str, model: keras.Model, splits: data.Splits,
-            print_fn: Callable[[str], None]) -> None:
+def _export(
+    run_dir: str, model: keras.Model, splits: data.Splits, print_fn: Callable[[str], None]
+) -> None:
     """Exports the model in memory with the best weights (see export.saved_model)."""
     sample_input = splits.probe(1)[0]
-    print_fn(export.how_to_load(export.saved_model(run_dir, model, sample_input),
-                                sample_input))
+    print_fn(export.how_to_load(export.saved_model(run_dir, model, sample_input), sample_input))
 
 
 def _quiet(line: str) -> None:
     """Output of a worker that is not the chief: nothing."""
 
 
-def _stopped(stop: Exception, run_dir: str,
-             manager: tf.train.CheckpointManager) -> HarnessError:
+def _stopped(stop: Exception, run_dir: str, manager: tf.train.CheckpointManager) -> HarnessError:
     """The error that tells the user why training stopped and what is on disk."""
     run_name = os.path.basename(run_dir)
     if isinstance(stop, Interrupted):
-        return RunInterrupted(f"{stop}; checkpoint saved in {run_dir}",
-                              exit_code=128 + stop.signal_number, run_name=run_name)
+        return RunInterrupted(
+            f"{stop}; checkpoint saved in {run_dir}",
+            exit_code=128 + stop.signal_number,
+            run_name=run_name,
+        )
     if isinstance(stop, files.WriteFailed):
         step = int(manager.checkpoint.optimizer.iterations.numpy())
         if not os.path.isdir(run_dir):
-            return HarnessError(f"{stop} at global step {step}: the run directory {run_dir} "
-                                "was deleted during training; start the run again")
+            return HarnessError(
+                f"{stop} at global step {step}: the run directory {run_dir} "
+                "was deleted during training; start the run again"
+            )
         intact = manager.latest_checkpoint
-        kept = (f"checkpoint {intact} is intact" if intact
-                else "no checkpoint was written, the run starts again from step 0")
-        return RunInterrupted(f"{stop} at global step {step}; {kept}; free space or make "
-                              f"{run_dir} writable", exit_code=1, run_name=run_name,
-                              failed=True)
+        kept = (
+            f"checkpoint {intact} is intact"
+            if intact
+            else "no checkpoint was written, the run starts again from step 0"
+        )
+        return RunInterrupted(
+            f"{stop} at global step {step}; {kept}; free space or make {run_dir} writable",
+            exit_code=1,
+            run_name=run_name,
+            failed=True,
+        )
     return HarnessError(
         f"{stop}: training stopped. The checkpoints and best model from before it are "
         f"untouched ({run_dir}); lower --learning_rate or set --clip_norm, then start "
-        "again or --resume from the last good checkpoint")
+        "again or --resume from the last good checkpoint"
+    )
 
 
 def _load_data(config: Config) -> data.Splits:
     """The run's data: the multi-output tickets, or a single-input dataset."""
     if config.model == "multi_io":
-        return multi_io.synthetic(num_examples=config.num_examples, num_words=config.num_words,
-                                  max_len=config.max_len, num_departments=config.classes,
-                                  seed=config.seed)
-    return data.load(config.dataset, num_words=config.num_words, max_len=config.max_len,
-                     seed=config.seed, num_classes=config.classes,
-                     num_examples=config.num_examples, data_dir=config.data_dir)
+        return multi_io.synthetic(
+            num_examples=config.num_examples,
+            num_words=config.num_words,
+            max_len=config.max_len,
+            num_departments=config.classes,
+            seed=config.seed,
+        )
+    return data.load(
+        config.dataset,
+        num_words=config.num_words,
+        max_len=config.max_len,
+        seed=config.seed,
+        num_classes=config.classes,
+        num_examples=config.num_examples,
+        data_dir=config.data_dir,
+    )
 
 
 def _compiled_model(config: Config, num_classes: int) -> keras.Model:
@@ -241,21 +361,26 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     try:
         if config.model == "multi_io":
             compile_args, log_keys = multi_io.compile_args(
-                num_classes, config.metrics, dict(config.loss_weights))
+                num_classes, config.metrics, dict(config.loss_weights)
+            )
         else:
             compile_args, log_keys = task.compile_args(num_classes, config.metrics)
     except ValueError as error:
         raise UsageError(str(error)) from None
     monitorable = [*log_keys, *(f"val_{name}" for name in log_keys)]
     if config.monitor not in monitorable:
-        raise UsageError(f"--monitor={config.monitor!r} is not a metric of this run: use one "
-                         f"of {', '.join(monitorable)}")
+        raise UsageError(
+            f"--monitor={config.monitor!r} is not a metric of this run: use one "
+            f"of {', '.join(monitorable)}"
+        )
     keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
     model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
-    model.compile(optimizer=task.optimizer(config.optimizer, config.learning_rate,
-                                           config.clip_norm),
-                  **compile_args, jit_compile=config.jit_compile,
-                  steps_per_execution=config.execution_steps)
+    model.compile(
+        optimizer=task.optimizer(config.optimizer, config.learning_rate, config.clip_norm),
+        **compile_args,
+        jit_compile=config.jit_compile,
+        steps_per_execution=config.execution_steps,
+    )
     if config.lr_halve_epochs:
         try:
             LearningRateHalving.check(model.optimizer)
@@ -264,8 +389,13 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
     return model
 
 
-def _callbacks(config: Config, run_dir: str, splits: data.Splits, schedule: loops.Schedule,
-               print_fn: Callable[[str], None]) -> list:
+def _callbacks(
+    config: Config,
+    run_dir: str,
+    splits: data.Splits,
+    schedule: loops.Schedule,
+    print_fn: Callable[[str], None],
+) -> list:
     """The run's callbacks that observe and record it, in the order they must see
     each batch: the NaN guard first, so that nothing is written for a step with a
     NaN loss. The caller appends the user's callbacks, then the checkpointing
@@ -274,48 +404,66 @@ def _callbacks(config: Config, run_dir: str, splits: data.Splits, schedule: loop
     after)."""
     callbacks = [NonFiniteLossGuard()]
     if config.lr_halve_epochs:
-        callbacks.append(LearningRateHalving(config.learning_rate, config.lr_halve_epochs,
-                                             config.lr_halve_factor, print_fn))
+        callbacks.append(
+            LearningRateHalving(
+                config.learning_rate, config.lr_halve_epochs, config.lr_halve_factor, print_fn
+            )
+        )
     if config.profile_steps:
         callbacks.append(ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn))
     if config.profiler_port:  # a port in use is a warning line: profiling is best-effort
         start_profiler_server(config.profiler_port, print_fn=print_fn)
     callbacks += [
         TensorBoardSummaries(
-            run_dir, probe_batch=splits.probe(config.batch_size),
-            batch_size=config.batch_size, every_steps=config.summary_every_steps,
-            histogram_freq=config.histogram_freq, hparams=_hparams(config),
-            flags=dataclasses.asdict(config)),
-        BestModel(os.path.join(run_dir, rundir.BEST_MODEL_FILE), config.monitor,
-                  report.higher_is_better(config.monitor),
-                  _best_so_far(config, run_dir, schedule.initial_epoch)),
+            run_dir,
+            probe_batch=splits.probe(config.batch_size),
+            batch_size=config.batch_size,
+            every_steps=config.summary_every_steps,
+            histogram_freq=config.histogram_freq,
+            hparams=_hparams(config),
+            flags=dataclasses.asdict(config),
+        ),
+        BestModel(
+            os.path.join(run_dir, rundir.BEST_MODEL_FILE),
+            config.monitor,
+            report.higher_is_better(config.monitor),
+            _best_so_far(config, run_dir, schedule.initial_epoch),
+        ),
         HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE), schedule.initial_epoch),
     ]
     return callbacks
 
 
-def _restore(model: keras.Model, run_dir: str, keep: int, checkpoint: tf.train.Checkpoint,
-             print_fn: Callable[[str], None]) -> int:
+def _restore(
+    model: keras.Model,
+    run_dir: str,
+    keep: int,
+    checkpoint: tf.train.Checkpoint,
+    print_fn: Callable[[str], None],
+) -> int:
     """Restores the newest readable checkpoint of `run_dir` (the chief's run
     directory, which other workers read but never write) into `checkpoint`'s
     objects; returns its global step, 0 when the run never saved one
     (`rundir.plan` allows that only for a run that recorded no epoch)."""
     extra = {name: getattr(checkpoint, name) for name in ("epoch_metrics",)}
-    manager = make_manager(model, os.path.join(run_dir, rundir.CHECKPOINT_DIR), keep,
-                           warn=print_fn, extra=extra)
+    manager = make_manager(
+        model, os.path.join(run_dir, rundir.CHECKPOINT_DIR), keep, warn=print_fn, extra=extra
+    )
     if not checkpoint_prefixes(manager):
         print_fn("harness: the run has no checkpoint yet: it starts again from step 0")
         return 0
     path = restore_latest(manager, warn=print_fn)
     if path is None:
-        raise UsageError(f"--resume: no usable checkpoint in {manager.directory}; "
-                         "start a new run (another --run_name) without --resume")
+        raise UsageError(
+            f"--resume: no usable checkpoint in {manager.directory}; "
+            "start a new run (another --run_name) without --resume"
+        )
     step = int(model.optimizer.iterations.numpy())
     print_fn(f"harness: resumed from {path} at global step {step}")
     return step
 
 
-def _best_so_far(config: Config, run_dir: str, initial_epoch: int) -> Optional[float]:
+def _best_so_far(config: Config, run_dir: str, initial_epoch: int) -> float | None:
     """The best --monitor value of the epochs before a resume, from history.json."""
     path = os.path.join(run_dir, rundir.HISTORY_FILE)
     if not initial_epoch or not os.path.exists(path):
