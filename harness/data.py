@@ -180,15 +180,14 @@ class TrainStream:
     step is the same in every loop and after a resume. The permutation is read
     in parts of `rows_per_gather` rows (rounded down to whole batches, at least
     one), each gathered in one op a part ahead of training, and the batches are
-    slices of the part: tf.data spent about half the CPU per batch of an
-    element-wise cache -> shuffle -> batch pipeline (36 against 79 µs per Reuters
-    batch here), and the tape loop trained ~1.5% faster. The parts keep that
-    pipeline's memory flat as the data grows: the arrays (held once, however many
-    datasets are made) plus two parts.
+    slices of the part: less tf.data CPU per batch than an element-wise
+    cache -> shuffle -> batch pipeline (docs/performance.md), and memory flat as
+    the data grows: the arrays (held once, however many datasets are made) plus
+    two parts.
 
     `batches` is the stream itself. `full_batches` and `partial_batches` cut the
     same stream in two, each with a static batch size, for a loop that reads them
-    from two iterators (see loops._StaticBatches).
+    from two iterators (see harness.loops.tape_steps).
     """
 
     def __init__(
@@ -262,12 +261,9 @@ class TrainStream:
 def _prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """`dataset` prefetched BATCHES_AHEAD batches ahead with tf.data's autotuner off.
 
-    Measured with the tape loop's 100-step calls paired with a one-batch ceiling in
-    one process: prefetch(1) with the autotuner off was ~1.5% faster than
-    prefetch(AUTOTUNE) (7 of 7 processes), and 4 batches ahead faster again than 1
-    (4 of 5 processes, the fifth level; +0 to +6.7 points of the ceiling, median
-    +2.5): on two cores tf.data's thread gets the CPU late, and a deeper buffer
-    covers that. The batches are slices, so nothing needs tuning."""
+    On two cores tf.data's thread gets the CPU late, and a deeper fixed buffer
+    covers that better than the autotuner (docs/performance.md); the batches are
+    slices, so nothing needs tuning."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(BATCHES_AHEAD).with_options(options)

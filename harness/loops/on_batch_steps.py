@@ -19,8 +19,8 @@ def compiled_metric_resets(model: keras.Model):
     """Lets `train_on_batch` / `test_on_batch` reset the metrics in one compiled call.
 
     Keras 3 resets every metric at the start of each `*_on_batch` call, one
-    eager assign per metric variable: ~210 µs of a ~2.4 ms Reuters step here.
-    A `tf.function` doing the same assigns takes ~50 µs. The first reset stays
+    eager assign per metric variable; one compiled call is several times cheaper
+    (docs/performance.md). The first reset stays
     eager: without a strategy Keras builds the compiled metrics when the train
     function first traces, right after that reset. The model gets its own
     method back when the loop ends.

@@ -131,10 +131,8 @@ class _StaticBatches:
 
     Each iterator's batches have a static size, and so do the compiled steps
     traced on them (one trace each). With the size unknown, as in one iterator
-    over both, grappler did not fuse the convolutions with their bias adds for
-    oneDNN here: a separate BiasAdd cost ~5% of a Reuters step, and reading the
-    full batches alone brought the loop from 0.92 to 0.95-0.98 of the one-batch
-    ceiling (100-step calls paired in one process).
+    over both, grappler does not fuse the convolutions with their bias adds for
+    oneDNN, and the step is slower (docs/performance.md).
     """
 
     def __init__(self, stream: TrainStream, start_step: int, distribute) -> None:
