@@ -1,23 +1,14 @@
 """The variants `scripts/bench.py` measures, each trained once and timed the same way.
 
-- Baselines, plain Keras on the harness's own data (`harness.data.load`) and
-  model (`harness.models.sequential`, Nadam 1e-3, the task's loss and metrics):
-  bare `fit` (also on one endless stream), a `@tf.function` GradientTape step
-  called from `for x, y in ds` (also in a `tf.range` loop inside one call per
-  epoch), and a `train_on_batch` loop.
-- The compute ceiling: the tape step run `steps` times on one in-memory batch,
-  inside a `tf.range` loop in one `tf.function`.
-- The harness: `harness.train(Config(...))` in any mode, timed by one more
-  callback (`InterleavedCeiling` runs the ceiling between its executions).
-
-Every variant returns one record per epoch: its training examples and seconds
-(epoch begin to the start of validation, as the harness's own
-`epoch_examples_per_second` counts them), CPU seconds, Python GC seconds and
-full collections, seconds in the train-batch hooks, trace counts, and RSS.
+`bare` trains the baselines and the ceiling in plain Keras on the harness's own data
+and model, `run_harness` the harness (`InterleavedCeiling` runs the ceiling between
+its executions). `Recorder` times each: training examples / seconds (epoch begin to
+the start of validation, as the harness's `epoch_examples_per_second` counts them)
+after the first epoch, the share in the train-batch hooks, retraces after the first
+epoch, and RSS growth from epoch 2 to the last.
 """
 
-import functools
-import gc
+import collections
 import math
 import time
 from collections.abc import Callable
@@ -25,14 +16,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from harness import data, models, task, tracing, train
-from harness.callbacks import events
-from harness.config import Config
+from harness import Config, data, models, task, tracing, train
 
 SEED = Config.seed
-
-
-# --- Memory and clocks ------------------------------------------------------------------
 
 
 def memory_mb() -> dict:
@@ -46,99 +32,70 @@ def memory_mb() -> dict:
         }
 
 
-def reset_peak_memory() -> bool:
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class Clocks:
-    """Process-wide totals: seconds in Python's GC and its full collections, and
-    seconds in `CallbackList`'s train-batch hooks (what batch-level callbacks cost,
-    which the machine's drifting speed barely touches)."""
+class HookClock:
+    """Seconds spent in `CallbackList`'s train-batch hooks, process-wide: what the
+    batch-level callbacks cost, which the machine's drifting speed barely touches."""
 
     def __init__(self) -> None:
-        self.gc_seconds, self.full, self.hooks, self._start = 0.0, 0, 0.0, None
-        gc.callbacks.append(self._on_collection)
+        self.seconds = 0.0
         for name in ("on_train_batch_begin", "on_train_batch_end"):
-            cls = keras.callbacks.CallbackList
-            setattr(cls, name, self._timed(getattr(cls, name)))
+            hook = getattr(keras.callbacks.CallbackList, name)
+            setattr(keras.callbacks.CallbackList, name, self._timed(hook))
 
-    def _on_collection(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._start = time.perf_counter()
-        elif self._start is not None:
-            self.gc_seconds += time.perf_counter() - self._start
-            self.full += info["generation"] == 2
-            self._start = None
-
-    def _timed(self, hook):
+    def _timed(self, hook: Callable) -> Callable:
         def timed(callbacks, batch, logs=None):
             start = time.perf_counter()
             hook(callbacks, batch, logs)
-            self.hooks += time.perf_counter() - start
+            self.seconds += time.perf_counter() - start
 
         return timed
 
-    def now(self) -> tuple:
-        """(wall, CPU, GC seconds, full collections, hook seconds) so far."""
-        return (time.perf_counter(), time.process_time(), self.gc_seconds, self.full, self.hooks)
 
-
-CLOCKS = Clocks()
+HOOKS = HookClock()
 
 
 class Recorder(keras.callbacks.Callback):
-    """Times epochs (training part) and snapshots traces and memory at each end;
-    a callback for `fit` and the harness, called by hand in the bare loops."""
+    """Times each epoch's training part and notes the traces and RSS at its end; a
+    callback for `fit` and the harness, called by hand in the bare loops.
 
-    def __init__(self, traces: Callable[[], dict], examples: Callable[[int], int]) -> None:
+    `traces`: a live trace counter; None counts the model's steps from `on_train_begin`.
+    """
+
+    def __init__(self, examples: int, traces: collections.Counter | None = None) -> None:
         super().__init__()
-        self.traces, self.examples = traces, examples
-        self.epochs: list = []
-        self._begin = self._train_end = None
+        self.examples, self.traces = examples, traces
+        self.epochs: list = []  # (train seconds, hook seconds, traces, RSS MB) per epoch
+        self._train_end = None
+
+    def on_train_begin(self, logs=None) -> None:
+        if self.traces is None:
+            self.traces = tracing.count_traces(self.model)
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
-        self._begin, self._train_end = CLOCKS.now(), None
+        self._begin, self._train_end = (time.perf_counter(), HOOKS.seconds), None
 
     def on_test_begin(self, logs=None) -> None:
-        self._train_end = self._train_end or CLOCKS.now()
+        self._train_end = self._train_end or (time.perf_counter(), HOOKS.seconds)
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         self.on_test_begin()
-        wall, cpu, gc_seconds, full, hooks = (b - a for a, b in zip(self._begin, self._train_end))
-        self.epochs.append(
-            {
-                "examples": int(self.examples(epoch)),
-                "train_seconds": wall,
-                "train_cpu_seconds": cpu,
-                "gc_seconds": gc_seconds,
-                "full_collections": full,
-                "hook_seconds": hooks,
-                "traces": dict(self.traces() or {}),
-                "rss_mb": memory_mb()["rss"],
-            }
-        )
+        seconds, hooks = (end - begin for begin, end in zip(self._begin, self._train_end))
+        self.epochs.append((seconds, hooks, sum(self.traces.values()), memory_mb()["rss"]))
+
+    def record(self) -> dict:
+        """The run's figures, from the epochs after the first (which traces)."""
+        seconds, hooks, traces, rss = zip(*self.epochs)
+        timed = sum(seconds[1:])
+        return {
+            "examples_per_second": self.examples * len(seconds[1:]) / timed,
+            "epoch_examples_per_second": [self.examples / s for s in seconds[1:]],
+            "hook_share": sum(hooks[1:]) / timed,
+            "retraces_after_first_epoch": traces[-1] - traces[0],
+            "rss_growth_ep2_to_last_mb": rss[-1] - rss[1] if len(rss) >= 3 else None,
+        }
 
 
 # --- Baselines and ceiling --------------------------------------------------------------
-
-
-def load(dataset: str, data_dir, *, num_examples, num_words: int, max_len: int) -> data.Splits:
-    """The harness's own data for these settings (46 Reuters classes)."""
-    return data.load(
-        dataset,
-        num_words=num_words,
-        max_len=max_len,
-        seed=SEED,
-        num_classes=46,
-        num_examples=num_examples,
-        data_dir=data_dir,
-    )
 
 
 def _datasets(splits: data.Splits, batch_size: int, *, endless: bool = False) -> tuple:
@@ -153,56 +110,12 @@ def _datasets(splits: data.Splits, batch_size: int, *, endless: bool = False) ->
     return train_set, data.validation_dataset(splits.x_val, splits.y_val, batch_size=batch_size)
 
 
-def _model(splits: data.Splits, num_words: int, *, compiled: bool) -> keras.Model:
-    """The harness's `sequential` model, seeded; compiled as the harness compiles it."""
-    keras.utils.set_random_seed(SEED)
-    model = models.sequential(splits.x_train.shape[1:], splits.num_classes, num_words)
-    if compiled:
-        compile_args, _ = task.compile_args(splits.num_classes)
-        model.compile(optimizer=task.optimizer("nadam", 1e-3), **compile_args)
-    return model
-
-
-def _fit(
-    splits: data.Splits, batch_size: int, epochs: int, num_words: int, *, endless: bool
-) -> list:
-    model = _model(splits, num_words, compiled=True)
-    counts = tracing.count_traces(model)
-    recorder = Recorder(lambda: counts, lambda _: splits.train_size)
-    train_set, validation = _datasets(splits, batch_size, endless=endless)
-    model.fit(
-        train_set,
-        epochs=epochs,
-        validation_data=validation,
-        verbose=0,
-        steps_per_epoch=math.ceil(splits.train_size / batch_size) if endless else None,
-        callbacks=[recorder],
-    )
-    return recorder.epochs
-
-
-def bare_train_on_batch(splits: data.Splits, batch_size: int, epochs: int, num_words: int) -> list:
-    """A `train_on_batch` / `test_on_batch` loop."""
-    model = _model(splits, num_words, compiled=True)
-    counts = tracing.count_traces(model)
-    train_set, validation = _datasets(splits, batch_size)
-
-    def epoch() -> None:
-        for x, y in train_set:
-            model.train_on_batch(x, y)
-
-    def validate() -> None:
-        for x, y in validation:
-            model.test_on_batch(x, y)
-
-    return _epochs(Recorder(lambda: counts, lambda _: splits.train_size), epochs, epoch, validate)
-
-
 class TapeStep:
-    """The tutorial's GradientTape train and test steps, with the task's loss and metrics."""
+    """The tutorial's GradientTape train and test steps, with the task's loss and
+    metrics and an optimizer of their own; `traces` counts their traces."""
 
     def __init__(self, model: keras.Model, num_classes: int) -> None:
-        self.model = model
+        self.model, self.traces = model, collections.Counter()
         self.optimizer = task.optimizer("nadam", 1e-3)
         self.optimizer.build(model.trainable_variables)
         self.loss_fn = task.loss(num_classes)
@@ -210,6 +123,7 @@ class TapeStep:
         self.train, self.test = tf.function(self._train), tf.function(self._test)
 
     def _train(self, x, y):
+        self.traces["train"] += 1
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             loss = self.loss_fn(y, y_pred)
@@ -218,6 +132,7 @@ class TapeStep:
         self._update(loss, y, y_pred)
 
     def _test(self, x, y):
+        self.traces["test"] += 1
         y_pred = self.model(x, training=False)
         self._update(self.loss_fn(y, y_pred), y, y_pred)
 
@@ -233,7 +148,7 @@ class TapeStep:
             metric.reset_state()
 
     def in_a_loop(self) -> Callable:
-        """A compiled `tf.range` loop of train steps on `batches()` (a batch or an iterator)."""
+        """A compiled `tf.range` loop of train steps on `batches` (a batch or an iterator)."""
 
         @tf.function
         def run_steps(batches, count):
@@ -243,75 +158,57 @@ class TapeStep:
         return run_steps
 
 
-def _tape(
-    splits: data.Splits, batch_size: int, epochs: int, num_words: int, *, in_graph: bool
-) -> list:
-    step = TapeStep(_model(splits, num_words, compiled=False), splits.num_classes)
-    train_set, validation = _datasets(splits, batch_size, endless=in_graph)
-    if in_graph:
-        run_steps, stream = step.in_a_loop(), iter(train_set)
-        steps = tf.constant(math.ceil(splits.train_size / batch_size))
-        epoch, traced = (lambda: run_steps(stream, steps)), run_steps
-    else:
-
-        def epoch() -> None:
-            for x, y in train_set:
-                step.train(x, y)
-
-        traced = step.train
-
-    def validate() -> None:
-        step.sync()
-        for x, y in validation:
-            step.test(x, y)
-        step.sync()
-
-    recorder = Recorder(
-        lambda: {
-            "train": traced.experimental_get_tracing_count(),
-            "test": step.test.experimental_get_tracing_count(),
-        },
-        lambda _: splits.train_size,
-    )
-    return _epochs(recorder, epochs, lambda: (epoch(), step.sync()), validate)
-
-
-def ceiling(splits: data.Splits, batch_size: int, epochs: int, num_words: int) -> list:
-    """Each "epoch" is one call running an epoch's steps on one in-memory batch."""
-    step = TapeStep(_model(splits, num_words, compiled=False), splits.num_classes)
-    batch = tuple(tf.constant(a) for a in splits.probe(batch_size))
+def bare(variant: str, splits: data.Splits, batch_size: int, epochs: int, num_words: int) -> dict:
+    """Trains a baseline of `bench.BASELINES` once: the harness's `sequential` model,
+    seeded, compiled as the harness compiles it (the tape steps: the same loss, metrics
+    and optimizer)."""
     steps = math.ceil(splits.train_size / batch_size)
-    run_steps = step.in_a_loop()
-    recorder = Recorder(
-        lambda: {"train": run_steps.experimental_get_tracing_count()},
-        lambda _: steps * len(batch[0]),
-    )
-    return _epochs(recorder, epochs, lambda: (run_steps(batch, tf.constant(steps)), step.sync()))
-
-
-def _epochs(recorder: Recorder, epochs: int, epoch: Callable, validate: Callable = None) -> list:
-    """The bare loops' epochs: `epoch()` timed, then `validate()`."""
-    for number in range(epochs):
-        recorder.on_epoch_begin(number)
-        epoch()
+    keras.utils.set_random_seed(SEED)
+    model = models.sequential(splits.x_train.shape[1:], splits.num_classes, num_words)
+    recorder = Recorder(splits.train_size)
+    if variant == "ceiling":
+        batch = tuple(tf.constant(a) for a in splits.probe(batch_size))
+        recorder.examples = steps * len(batch[0])
+    else:
+        endless = variant in ("bare-fit-stream", "bare-tape-ingraph")
+        train_set, validation = _datasets(splits, batch_size, endless=endless)
+    if "tape" in variant or variant == "ceiling":
+        step = TapeStep(model, splits.num_classes)
+        recorder.traces, run_steps = step.traces, step.in_a_loop()
+        train_step, test_step, sync = step.train, step.test, step.sync
+    else:
+        compile_args, _ = task.compile_args(splits.num_classes)
+        model.compile(optimizer=task.optimizer("nadam", 1e-3), **compile_args)
+        recorder.traces = tracing.count_traces(model)
+        train_step, test_step, sync = model.train_on_batch, model.test_on_batch, lambda: None
+    if variant.startswith("bare-fit"):
+        model.fit(
+            train_set,
+            epochs=epochs,
+            validation_data=validation,
+            verbose=0,
+            steps_per_epoch=steps if endless else None,
+            callbacks=[recorder],
+        )
+        return recorder.record()
+    stream = iter(train_set) if variant == "bare-tape-ingraph" else None
+    for epoch in range(epochs):
+        recorder.on_epoch_begin(epoch)
+        if variant == "ceiling":
+            run_steps(batch, tf.constant(steps))
+        elif stream:
+            run_steps(stream, tf.constant(steps))
+        else:
+            for x, y in train_set:
+                train_step(x, y)
+        sync()
         recorder.on_test_begin()
-        if validate:
-            validate()
-        recorder.on_epoch_end(number)
-    return recorder.epochs
-
-
-# bare-fit: a fresh iterator every epoch, as the tutorial; -stream: one endless stream.
-# bare-tape: the step called from `for x, y in ds`; -ingraph: in a `tf.range` loop
-# pulling its batches from one endless stream, one call per epoch.
-BASELINES = {
-    "bare-fit": functools.partial(_fit, endless=False),
-    "bare-fit-stream": functools.partial(_fit, endless=True),
-    "bare-tape": functools.partial(_tape, in_graph=False),
-    "bare-tape-ingraph": functools.partial(_tape, in_graph=True),
-    "bare-train_on_batch": bare_train_on_batch,
-    "ceiling": ceiling,
-}
+        if variant != "ceiling":
+            for x, y in validation:
+                test_step(x, y)
+            sync()
+        recorder.on_epoch_end(epoch)
+    return recorder.record()
 
 
 # --- The harness ------------------------------------------------------------------------
@@ -357,43 +254,8 @@ class InterleavedCeiling(keras.callbacks.Callback):
         return time.perf_counter() - start
 
 
-def stream_examples(first_step: int, steps: int, n: int, batch_size: int) -> int:
-    """Examples in global steps [first_step, first_step + steps) of the harness's
-    endless stream: passes of ceil(n / batch_size) batches, the last one partial."""
-    per_pass = math.ceil(n / batch_size)
-    last = n - (per_pass - 1) * batch_size
-    return sum(
-        last if s % per_pass == per_pass - 1 else batch_size
-        for s in range(first_step, first_step + steps)
-    )
-
-
-def run_harness(
-    config: Config, *, train_size: int, print_fn: Callable[[str], None], more_callbacks: tuple = ()
-) -> dict:
-    """One harness run; its epochs as the bench times them, the trace counts it
-    reports, and its own `epoch_examples_per_second` from its event files."""
-    steps = data.steps_for(train_size, config.batch_size, config.steps_per_epoch)
-    counter = {}
-    recorder = Recorder(
-        lambda: counter.get("live"),
-        lambda epoch: stream_examples(epoch * steps, steps, train_size, config.batch_size),
-    )
-    original = tracing.count_traces
-
-    def count_traces(model):  # keeps the live counter, to read it at epoch ends
-        counter["live"] = original(model)
-        return counter["live"]
-
-    tracing.count_traces = count_traces
-    try:
-        result = train(config, print_fn=print_fn, callbacks=[recorder, *more_callbacks])
-    finally:
-        tracing.count_traces = original
-    summaries = events.read(f"{result.run_dir}/train")
-    return {
-        "epochs": recorder.epochs,
-        "trace_counts": dict(result.trace_counts or {}),
-        "event_examples_per_second": dict(summaries.scalars("epoch_examples_per_second")),
-        "run_dir": result.run_dir,
-    }
+def run_harness(config: Config, train_size: int, print_fn: Callable, callbacks: tuple = ()) -> dict:
+    """One harness run (each epoch one pass over the data), timed as the baselines are."""
+    recorder = Recorder(train_size)
+    train(config, print_fn=print_fn, callbacks=[recorder, *callbacks])
+    return recorder.record()
