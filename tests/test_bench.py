@@ -47,6 +47,7 @@ def _check_rows(rows, variants):
         assert row["retraces_after_first_epoch"] is not None, variant
 
 
+@pytest.mark.slow
 def test_quick_run_measures_every_variant(tmp_path):
     done = _bench("--quick", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -94,6 +95,7 @@ def test_quick_run_measures_every_variant(tmp_path):
         assert f"| {variant} |" in markdown
 
 
+@pytest.mark.slow
 def test_memory_in_fresh_subprocesses(tmp_path):
     done = _bench(
         "--quick",
@@ -114,6 +116,7 @@ def test_memory_in_fresh_subprocesses(tmp_path):
     assert rows["harness-fit"]["peak_rss_vs_baseline"] > 0
 
 
+@pytest.mark.slow
 def test_knob_table(tmp_path):
     done = _bench("--quick", "--knobs", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

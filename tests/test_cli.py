@@ -150,6 +150,7 @@ def test_helpfull_lists_every_flag(workdir):
     assert list(workdir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_run_end_to_end(workdir, load_json):
     """A whole run through the entrypoint: progress bar, one line per epoch, artifacts."""
     process = run_cli(
@@ -200,6 +201,7 @@ def finished_run(make_config, run_train):
     return config, run_dir
 
 
+@pytest.mark.slow
 def test_existing_run_is_refused_and_left_unchanged(finished_run, run_train):
     config, run_dir = finished_run
     before = snapshot(run_dir)
@@ -209,6 +211,7 @@ def test_existing_run_is_refused_and_left_unchanged(finished_run, run_train):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_run(finished_run, run_train, load_json):
     config, run_dir = finished_run
     (run_dir / "stale.txt").write_text("from the old run\n")
@@ -220,6 +223,7 @@ def test_overwrite_replaces_the_run(finished_run, run_train, load_json):
     assert flags["overwrite"] is True and flags["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_resume_continues_the_run(finished_run, run_train, load_json):
     config, run_dir = finished_run
     first = load_json(run_dir / "history.json")
@@ -245,6 +249,7 @@ def test_resume_with_nothing_to_resume_is_an_error(make_config, run_train, logdi
 @pytest.mark.parametrize(
     "flag, value", [("model", "subclass"), ("dataset", "reuters"), ("seed", 7)]
 )
+@pytest.mark.slow
 def test_resume_contradicting_the_saved_flags_is_an_error(finished_run, run_train, flag, value):
     config, run_dir = finished_run
     before = snapshot(run_dir)

@@ -273,6 +273,7 @@ def test_reuters_loads_from_data_dir(shared_data, reuters_npz):
     assert (after.st_size, after.st_mtime) == (before.st_size, before.st_mtime)
 
 
+@pytest.mark.slow
 def test_reuters_end_to_end(shared_data, reuters_npz, make_config, run_train, load_json):
     config = make_config(
         mode="tape",
@@ -307,6 +308,7 @@ def test_num_examples_keeps_the_first_reuters_training_examples(shared_data, reu
     assert len(set(subset.y_train)) > 20  # the loader's seeded shuffle: a mix of topics
 
 
+@pytest.mark.slow
 def test_a_reuters_subset_trains_on_its_own_steps(
     shared_data, reuters_npz, make_config, run_train, load_json
 ):

@@ -386,6 +386,7 @@ def harness_lines(stderr: str) -> list:
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_mirrored_matches_default(jobs, mode):
     default = jobs[f"default-{mode}"].ok()
     mirrored = jobs[f"mirrored-{mode}"].ok()
@@ -404,6 +405,7 @@ def test_mirrored_matches_default(jobs, mode):
 # --- (2) two real workers on 127.0.0.1, tape -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_multi_worker_tape(jobs):
     chief_job, other_job = jobs["multi_worker"]
     wait_for_cluster([chief_job, other_job])
@@ -452,6 +454,7 @@ def test_multi_worker_tape(jobs):
     "case_id, fragments",
     [pytest.param(case_id, fragments, id=case_id) for case_id, _, _, fragments in REJECTED],
 )
+@pytest.mark.slow
 def test_rejected_up_front(jobs, case_id, fragments):
     job = jobs[f"rejected-{case_id}"]
     result = job.result()
@@ -470,6 +473,7 @@ def test_rejected_up_front(jobs, case_id, fragments):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_resume_under_mirrored(jobs, mode):
     job = jobs[f"resume-{mode}"]
     resumed = job.ok()

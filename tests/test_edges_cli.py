@@ -90,6 +90,7 @@ def started_together(tmp_path_factory):
             process.kill()
 
 
+@pytest.mark.slow
 def test_two_runs_with_one_name_one_writes_the_other_is_refused(started_together):
     work, processes = started_together
     same = processes[:2]
@@ -108,6 +109,7 @@ def test_two_runs_with_one_name_one_writes_the_other_is_refused(started_together
     assert read_json(run_dir / "history.json")["epoch"] == [1, 2]
 
 
+@pytest.mark.slow
 def test_two_default_named_runs_started_together_get_a_directory_each(started_together):
     work, processes = started_together
     for process in processes[2:]:
@@ -119,6 +121,7 @@ def test_two_default_named_runs_started_together_get_a_directory_each(started_to
         assert len(list((work / "defaults" / name / "train").glob("events.out.*"))) == 1
 
 
+@pytest.mark.slow
 def test_overwrite_refused_while_a_live_process_claims_the_run_not_after_kill_9(tmp_path):
     """A live process's claim refuses --overwrite (nothing deleted); once that process
     is killed with -9, its claim is stale and the same command replaces the run."""
@@ -260,12 +263,14 @@ def stop_lines(console: str) -> list:
     return [line for line in console.split("\n") if "harness: stopped by SIGINT" in line]
 
 
+@pytest.mark.slow
 def test_stop_line_starts_its_own_line_after_a_progress_bar(progress_bar_stopped):
     _, console = progress_bar_stopped
     lines = stop_lines(console)
     assert len(lines) == 1 and lines[0].startswith("harness: stopped by SIGINT"), console[-3000:]
 
 
+@pytest.mark.slow
 def test_stop_line_adds_no_blank_line_without_a_progress_bar(tmp_path):
     console = stopped_run(
         tmp_path,
@@ -277,6 +282,7 @@ def test_stop_line_adds_no_blank_line_without_a_progress_bar(tmp_path):
     assert "\n\nharness: stopped" not in console, console
 
 
+@pytest.mark.slow
 def test_printed_commands_work_pasted_into_a_shell(progress_bar_stopped):
     """The resume line, pasted into bash, finishes the run; the TensorBoard line
     (with --inspect, which reads the event files and exits) finds its events."""

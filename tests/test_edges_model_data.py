@@ -88,6 +88,7 @@ def bad_model_runs(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MODELS))
+@pytest.mark.slow
 def test_model_that_cannot_train_is_one_line_exit_2_before_the_logdir(bad_model_runs, case):
     model, fragments = BAD_MODELS[case]
     run = bad_model_runs[case]
@@ -95,6 +96,7 @@ def test_model_that_cannot_train_is_one_line_exit_2_before_the_logdir(bad_model_
     assert not run.logdir_exists
 
 
+@pytest.mark.slow
 def test_builder_that_raises_shows_its_own_frames_then_one_harness_line(bad_model_runs):
     run = bad_model_runs["raises"]
     assert run.returncode == 1, run.stderr[-3000:]
@@ -149,6 +151,7 @@ def test_export_of_a_model_keras_cannot_load_back_serves_the_best_weights(
     )
 
 
+@pytest.mark.slow
 def test_failed_export_keeps_the_run_and_resume_export_exports_it_without_training(tmp_path):
     """A real full disk: the run trains, the disk fills up, `--resume --export` fails
     as one line and leaves nothing half-written; with room again it exports."""
@@ -206,6 +209,7 @@ def json_history(run_dir: Path) -> dict:
 # --- 13: data offline ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_reuters_offline_says_the_download_failed_and_names_data_dir(tmp_path, offline):
     """No --data_dir, an empty Keras cache (a temporary HOME), no internet."""
     home = tmp_path / "home"

@@ -65,6 +65,7 @@ class SignalAtStep(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_a_stop_at_an_epochs_last_step_keeps_the_epoch(mode, tmp_path, tiny_config):
     """8 steps an epoch, one execution of 8 in the tape loop: the signal lands in the
     epoch's last execution, and the epoch's end still runs before the stop."""
@@ -95,6 +96,7 @@ def test_a_stop_at_an_epochs_last_step_keeps_the_epoch(mode, tmp_path, tiny_conf
 # --- 2: a crash while the epoch's record is written -----------------------------------------
 
 
+@pytest.mark.slow
 def test_kill_while_best_model_is_written_resumes_with_the_epoch_redone(tmp_path):
     """The process kills itself inside the second best.keras save (epoch 2's): its
     checkpoint must not exist yet, so the resume redoes epoch 2 and the history,
@@ -134,6 +136,7 @@ def test_kill_while_best_model_is_written_resumes_with_the_epoch_redone(tmp_path
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.slow
 def test_a_run_stopped_during_setup_resumes(signal_number, tmp_path):
     flags = [*TINY_FLAGS, "--mode=tape", "--epochs=2", "--histogram_freq=1"]
     victim = Harness([*flags, "--run_name=early"], tmp_path, name="early")
@@ -210,6 +213,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
+@pytest.mark.slow
 def test_damaged_record_file_is_one_line_exit_2_and_changes_nothing(case, two_epochs, tmp_path):
     name, damage, fragment = DAMAGE[case]
     run_dir = _copy(two_epochs, tmp_path)
@@ -231,6 +235,7 @@ def test_damaged_record_file_is_one_line_exit_2_and_changes_nothing(case, two_ep
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_empty_checkpoint_index_resumes_from_the_files(
     two_epochs, tmp_path, tiny_config, run_train
 ):
@@ -255,6 +260,7 @@ def test_empty_checkpoint_index_resumes_from_the_files(
     assert result.history["epoch"] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_damaged_event_record_costs_that_record_alone(
     two_epochs, tmp_path, tiny_config, run_train
 ):
@@ -378,6 +384,7 @@ def _assert_failed_cleanly_and_resumed(process, tmp_path: Path, cause: str) -> N
     np.testing.assert_allclose(history["val_loss"], expected["val_loss"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_no_partial_file_and_the_run_resumes(tmp_path):
     """Three 0.4 MB checkpoints fit in the 1.5 MB tmpfs, the fourth does not."""
     process = _in_a_tmpfs(
@@ -392,6 +399,7 @@ $HARNESS --resume > resume.out 2> resume.err; echo RESUME-EXIT=$?
     _assert_failed_cleanly_and_resumed(process, tmp_path, "No space left on device")
 
 
+@pytest.mark.slow
 def test_a_folder_turned_read_only_is_one_line_and_the_run_resumes(tmp_path):
     process = _in_a_tmpfs(
         tmp_path,
@@ -409,6 +417,7 @@ $HARNESS --resume > resume.out 2> resume.err; echo RESUME-EXIT=$?
     _assert_failed_cleanly_and_resumed(process, tmp_path, "Read-only file system")
 
 
+@pytest.mark.slow
 def test_a_deleted_run_directory_is_one_line_exit_1(tmp_path):
     process = Harness(
         [*TINY_FLAGS, "--mode=tape", "--epochs=3", "--run_name=gone", "--checkpoint_every_steps=2"],
@@ -429,6 +438,7 @@ def test_a_deleted_run_directory_is_one_line_exit_1(tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_fault_soak_small(mode, tmp_path):
     """Four stops (each moment, three signals) in one run, resumed after each."""
     trials = fault_soak.soak([mode], stops=4, per_trial=4, work=tmp_path, seed=1, tolerance=1e-6)

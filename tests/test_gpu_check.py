@@ -78,6 +78,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_gpu_tensorflow_does_not_see_fails_first_and_skips_the_rest(tmp_path, shared_data):
     # A stand-in nvidia-smi lists a GPU; TensorFlow here (CPU) sees none.
     bin_dir = tmp_path / "bin"

@@ -81,6 +81,7 @@ SINGLE_INPUT_MODELS = [model for model in BUILTIN_MODELS if model != "multi_io"]
 
 @pytest.mark.parametrize("model", SINGLE_INPUT_MODELS)
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_every_mode_trains_every_builtin_model(mode, model, make_config, run_train, load_json):
     config = make_config(mode=mode, model=model, run_name=f"{model}-{mode}")
     result, lines = run_train(config)
@@ -91,6 +92,7 @@ def test_every_mode_trains_every_builtin_model(mode, model, make_config, run_tra
 
 # Each loop once on the binary task, each with another model.
 @pytest.mark.parametrize("mode, model", list(zip(MODES, SINGLE_INPUT_MODELS)))
+@pytest.mark.slow
 def test_binary_head_reports_accuracy_and_auc(mode, model, make_config, run_train, load_json):
     config = make_config(mode=mode, model=model, num_classes=2, run_name="binary")
     result, lines = run_train(config)
@@ -129,6 +131,7 @@ def test_min_max_len_matches_each_model(model):
     "mode, num_classes, metrics",
     [("tape", None, MULTICLASS_METRICS), ("train_on_batch", 2, BINARY_METRICS)],
 )
+@pytest.mark.slow
 def test_user_model_by_import_path(mode, num_classes, metrics, make_config, run_train, load_json):
     config = make_config(mode=mode, model="tests.user_models:tiny", num_classes=num_classes)
     result, _ = run_train(config)
@@ -179,6 +182,7 @@ def runs_by_mode(tmp_path_factory, tiny_config, run_train):
 
 
 @pytest.mark.parametrize("name", ["loss", "val_loss"])
+@pytest.mark.slow
 def test_loops_agree_for_three_epochs(runs_by_mode, name):
     reference = runs_by_mode["fit"][1].history[name]
     assert len(reference) == 3
@@ -189,6 +193,7 @@ def test_loops_agree_for_three_epochs(runs_by_mode, name):
             assert abs(ours - theirs) <= 0.01 * abs(theirs), (mode, name, epoch, values, reference)
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_the_first_epoch(runs_by_mode):
     for mode, (one, three) in runs_by_mode.items():
         for name in ("loss", "val_loss", "accuracy"):
@@ -199,6 +204,7 @@ def test_same_seed_repeats_the_first_epoch(runs_by_mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_no_retracing_after_the_first_epoch(runs_by_mode, mode):
     """250 examples in batches of 32: each epoch ends with a partial batch of 26."""
     one, three = runs_by_mode[mode]
@@ -216,6 +222,7 @@ class _TracesAfterEachEpoch(keras.callbacks.Callback):
         self.train.append(self.counts["train"])
 
 
+@pytest.mark.slow
 def test_tape_traces_the_partial_batch_step_in_the_first_epoch(make_config):
     """With epochs of 3 steps and passes of 8 (250 examples in batches of 32), the
     first partial batch is step 8, in the third epoch; its step is traced with the
@@ -240,6 +247,7 @@ class _ModelPeek(keras.callbacks.Callback):
         self.reset_metrics = self.model.reset_metrics
 
 
+@pytest.mark.slow
 def test_train_on_batch_resets_metrics_in_one_compiled_call(make_config):
     """Keras resets the metrics in every `train_on_batch`; the loop compiles that
     reset once (the loops agree above, so each call still sees one batch) and
@@ -266,6 +274,7 @@ class _TestBatchHooks(keras.callbacks.Callback):
         self.seen.append(("end", batch))
 
 
+@pytest.mark.slow
 def test_tape_validates_in_executions(make_config):
     """The tape loop evaluates up to steps_per_execution validation batches per
     compiled call, the hooks seeing each execution's first and last batch (50
@@ -312,6 +321,7 @@ def test_tape_input_reads_the_stream_in_order(start_step, counts):
 # --- Learning ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_synthetic_data_is_learnable(tmp_path, run_train):
     """The default sequential model, 2 epochs: validation accuracy far above 1/46."""
     config = Config(

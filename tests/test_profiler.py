@@ -339,6 +339,7 @@ def _xprof_steps(capture: tuple[Path, ...], tool: str) -> list[str]:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("tool", ["overview_page", "input_pipeline_analyzer"])
+@pytest.mark.slow
 def test_every_loop_gives_xprof_all_steps_of_the_window(harness_runs, mode, tool):
     """Item 14: the tape loop's capture had no step (a compiled loop hides the step
     markers from xprof) and the others showed 4 of these 6 (xprof drops the first and
@@ -351,6 +352,7 @@ def test_every_loop_gives_xprof_all_steps_of_the_window(harness_runs, mode, tool
     assert len(printed) == 1 and "CPU_ONLY): 6 steps, avg" in printed[0]
 
 
+@pytest.mark.slow
 def test_tape_runs_only_the_window_one_step_per_call(harness_runs):
     """Item 15: profiling no longer runs every tape step in its own call. Executions keep
     their automatic size (100 here, cut at epoch ends) and stop short of the window; its
@@ -401,6 +403,7 @@ def cli_run(tmp_path_factory):
     return port, result
 
 
+@pytest.mark.slow
 def test_profiler_port_in_use_is_one_warning_not_a_server_line(cli_run):
     """Item 16: a port in use printed 'profiler server on port N' (TF only logs that the
     bind failed); profiling is best-effort, so it is one warning and training goes on."""
@@ -413,6 +416,7 @@ def test_profiler_port_in_use_is_one_warning_not_a_server_line(cli_run):
     assert "profiler server on port" not in result.stdout
 
 
+@pytest.mark.slow
 def test_window_beyond_the_last_step_is_one_warning_at_the_start(cli_run):
     """Item 16: a window after the run's last step was silently never captured."""
     _, result = cli_run
@@ -428,6 +432,7 @@ def test_window_beyond_the_last_step_is_one_warning_at_the_start(cli_run):
     assert warned[0] < captured
 
 
+@pytest.mark.slow
 def test_capture_prints_no_xprof_error_on_stderr(cli_run):
     """Item 16: converting a capture printed xprof's 'E... No UnifiedProfileProcessor
     registered for tool: kernel_stats' (its C++ log, before a fallback that works)."""

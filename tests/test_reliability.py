@@ -203,6 +203,7 @@ def _assert_resumed_run_equals_reference(victim: Stopped, reference: Harness) ->
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_kill9_mid_epoch_then_resume_equals_uninterrupted_run(interrupted, mode):
     victim = interrupted["victims"][f"kill-{mode}"]
     assert victim.exit_code == -signal.SIGKILL
@@ -221,6 +222,7 @@ def test_kill9_mid_epoch_then_resume_equals_uninterrupted_run(interrupted, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_kill9_then_resume_shows_no_step_twice_in_tensorboard(interrupted, mode):
     victim = interrupted["victims"][f"kill-{mode}"]
     reference = interrupted["work"] / "logs" / f"ref-{mode}"
@@ -245,6 +247,7 @@ def test_kill9_then_resume_shows_no_step_twice_in_tensorboard(interrupted, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_kill9_then_resume_loses_no_summary_step(interrupted, mode):
     """Each batch summary is flushed as it is written (the writer's `as_default`
     block flushes on exit), so a kill loses none that the resume does not redo."""
@@ -259,6 +262,7 @@ SIGNALLED = [name for name, (_, sig) in VICTIMS.items() if sig != signal.SIGKILL
 
 
 @pytest.mark.parametrize("name", SIGNALLED)
+@pytest.mark.slow
 def test_signal_saves_the_step_prints_how_to_resume_and_exits_128_plus_n(interrupted, name):
     victim = interrupted["victims"][name]
     expected_code = {signal.SIGTERM: 143, signal.SIGINT: 130}[victim.signal_number]
@@ -281,6 +285,7 @@ def test_signal_saves_the_step_prints_how_to_resume_and_exits_128_plus_n(interru
 
 
 @pytest.mark.parametrize("name", SIGNALLED)
+@pytest.mark.slow
 def test_signal_then_printed_resume_equals_uninterrupted_run(interrupted, name):
     victim = interrupted["victims"][name]
     _assert_resumed_run_equals_reference(victim, interrupted["references"][victim.mode])
@@ -290,6 +295,7 @@ def test_signal_then_printed_resume_equals_uninterrupted_run(interrupted, name):
 
 
 @pytest.mark.parametrize("name", sorted(VICTIMS))
+@pytest.mark.slow
 def test_best_model_after_interruption_loads_safely_and_is_the_best_epoch(interrupted, name):
     victim = interrupted["victims"][name]
     history = read_json(victim.run_dir / "history.json")
@@ -343,6 +349,7 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_warns_and_resumes_from_the_previous(
     checkpointed, corruption, tmp_path, tiny_config, run_train
 ):
@@ -367,6 +374,7 @@ def test_corrupt_newest_checkpoint_warns_and_resumes_from_the_previous(
             reader.get_tensor(name)  # checks the stored checksum
 
 
+@pytest.mark.slow
 def test_all_checkpoints_corrupt_is_one_clear_error_and_changes_nothing(checkpointed, tmp_path):
     run_dir, _ = checkpointed
     logdir = _copy_run(run_dir, tmp_path)
@@ -393,6 +401,7 @@ def test_all_checkpoints_corrupt_is_one_clear_error_and_changes_nothing(checkpoi
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_that_cut_an_event_record_short(
     checkpointed, tmp_path, tiny_config, run_train
 ):
@@ -417,6 +426,7 @@ def _assert_checkpoints_finite(checkpoints: Path, below_step: int) -> list:
     return steps
 
 
+@pytest.mark.slow
 def test_diverging_learning_rate_stops_naming_the_step(tmp_path):
     process = proc_util.run(
         [
@@ -448,6 +458,7 @@ def test_diverging_learning_rate_stops_naming_the_step(tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_nan_after_a_good_epoch_keeps_its_checkpoints_and_best_model(
     mode, make_config, run_train, logdir
 ):
@@ -595,6 +606,7 @@ def test_read_only_logdir_is_one_line_exit_2(workdir):
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_logdir_that_access_checks_cannot_predict_is_one_line_exit_2(workdir):
     before = snapshot(workdir)
     process = proc_util.run(
@@ -698,6 +710,7 @@ def post_tf_errors(tmp_path_factory, finished_run):
 
 
 @pytest.mark.parametrize("case", sorted(POST_TF_BAD))
+@pytest.mark.slow
 def test_usage_error_after_tf_import_is_one_line_exit_2_and_changes_nothing(post_tf_errors, case):
     process, before, after = post_tf_errors[case]
     assert_one_error_line(process, *POST_TF_BAD[case][1])

@@ -78,6 +78,7 @@ def pair(request, tmp_path_factory):
     return straight, resumed, console
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(pair):
     straight, resumed, _ = pair
     assert resumed.history["epoch"] == list(range(1, 7))
@@ -90,6 +91,7 @@ def test_resumed_run_equals_uninterrupted_run(pair):
     assert abs(straight.history["val_loss"][-1] - straight.history["val_loss"][2]) > 1e-2
 
 
+@pytest.mark.slow
 def test_history_file_is_continuous(pair):
     _, resumed, _ = pair
     saved = json.loads((Path(resumed.run_dir) / "history.json").read_text())
@@ -99,6 +101,7 @@ def test_history_file_is_continuous(pair):
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
+@pytest.mark.slow
 def test_tensorboard_steps_written_once(pair, split):
     straight, resumed, _ = pair
     found = read(Path(resumed.run_dir) / split).scalars_named("epoch_")
@@ -119,6 +122,7 @@ def test_tensorboard_steps_written_once(pair, split):
             assert len(root.values(tag)) == 1, tag
 
 
+@pytest.mark.slow
 def test_halving_survives_the_resume(pair):
     straight, resumed, console = pair
     for result in (straight, resumed):
@@ -129,6 +133,7 @@ def test_halving_survives_the_resume(pair):
     assert any("Resumed from" in line or "resum" in line.lower() for line in console), console
 
 
+@pytest.mark.slow
 def test_checkpoints_kept(pair):
     _, resumed, _ = pair
     directory = Path(resumed.run_dir) / "checkpoints"
@@ -145,6 +150,7 @@ def test_checkpoints_kept(pair):
     assert on_disk == set(kept)
 
 
+@pytest.mark.slow
 def test_best_model_loads_safely_and_is_the_best_epoch(pair):
     _, resumed, _ = pair
     path = Path(resumed.run_dir) / "best.keras"
@@ -163,6 +169,7 @@ def test_best_model_loads_safely_and_is_the_best_epoch(pair):
     assert loss == pytest.approx(min(resumed.history["val_loss"]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpoint_every_steps_numbers_by_global_step(tmp_path):
     keras.backend.clear_session()
     result = train(

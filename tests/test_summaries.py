@@ -108,6 +108,7 @@ def _dirs(result, split: str) -> Path:
 # --- Same tags everywhere ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_modes_write_the_same_tags(runs, weights):
     expected = {
         "": ROOT_TAGS,
@@ -130,6 +131,7 @@ def test_three_modes_write_the_same_tags(runs, weights):
             )
 
 
+@pytest.mark.slow
 def test_three_modes_agree_on_the_curves(runs):
     """Same seed, data and flags: the loops reproduce each other (DESIGN.md: ~1e-3)."""
     for split in ("train", "validation"):
@@ -149,6 +151,7 @@ def test_three_modes_agree_on_the_curves(runs):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_epoch_scalars_in_train(runs, mode):
     result, _ = runs[mode]
     history = json.loads((Path(result.run_dir) / "history.json").read_text())
@@ -174,6 +177,7 @@ def test_epoch_scalars_in_train(runs, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_validation_scalars_equal_history(runs, mode):
     result, _ = runs[mode]
     history = json.loads((Path(result.run_dir) / "history.json").read_text())
@@ -191,6 +195,7 @@ def test_validation_scalars_equal_history(runs, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_batch_scalars_every_n_global_steps(runs, mode):
     result, _ = runs[mode]
     events = read(_dirs(result, "train"))
@@ -215,6 +220,7 @@ def test_batch_scalars_every_n_global_steps(runs, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_weight_and_gradient_histograms(runs, weights, mode):
     result, _ = runs[mode]
     events = read(_dirs(result, "train"))
@@ -280,6 +286,7 @@ def test_histograms_leave_out_non_finite_values(tmp_path):
 # --- Graph, hyperparameters, flags -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_graph_of_the_train_step_in_every_mode(runs):
     op_types = {}
     for mode, (result, _) in runs.items():
@@ -295,6 +302,7 @@ def test_graph_of_the_train_step_in_every_mode(runs):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_hparams_session_in_the_root_run(runs, mode):
     result, _ = runs[mode]
     events = read(_dirs(result, ""))
@@ -317,6 +325,7 @@ def test_hparams_session_in_the_root_run(runs, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_flags_text_summary(runs, mode):
     result, _ = runs[mode]
     events = read(_dirs(result, ""))
@@ -333,6 +342,7 @@ def test_flags_text_summary(runs, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_learning_rate_halved_at_epoch_2(runs, mode):
     result, console = runs[mode]
     rates = read(_dirs(result, "train")).scalars("epoch_learning_rate")
@@ -384,6 +394,7 @@ def test_halving_error_names_the_schedule():
         LearningRateHalving.check(_schedule_optimizer())
 
 
+@pytest.mark.slow
 def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
     keras.backend.clear_session()
     models.build("sequential", (MAX_LEN,), 46, Config().num_words)  # an earlier model
@@ -401,6 +412,7 @@ def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
 # --- scripts/compare_modes.py -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_modes_script(tmp_path):
     logdir = tmp_path / "compare"
     completed = subprocess.run(

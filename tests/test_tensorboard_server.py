@@ -96,6 +96,7 @@ def server(finished_run, tmp_path_factory):
     assert running.process.poll() is not None, "the server is still running"
 
 
+@pytest.mark.slow
 def test_runs_are_listed(server):
     runs = server.get_json("/data/runs")
     assert {RUN, f"{RUN}/train", f"{RUN}/validation"} <= set(runs), runs
@@ -104,6 +105,7 @@ def test_runs_are_listed(server):
         assert plugins.get(name, {}).get("enabled"), (name, plugins.get(name))
 
 
+@pytest.mark.slow
 def test_scalars_are_served(server, finished_run):
     _, result = finished_run
     tags = server.get_json("/data/plugin/scalars/tags")
@@ -129,6 +131,7 @@ def test_scalars_are_served(server, finished_run):
         )
 
 
+@pytest.mark.slow
 def test_histograms_are_served(server):
     tags = server.get_json("/data/plugin/histograms/tags")[f"{RUN}/train"]
     weights = [tag for tag in tags if not tag.endswith("/gradient")]
@@ -142,6 +145,7 @@ def test_histograms_are_served(server):
             assert sum(count for _, _, count in buckets) > 0, tag
 
 
+@pytest.mark.slow
 def test_graph_is_served(server):
     info = server.get_json("/data/plugin/graphs/info")
     assert info[f"{RUN}/train"]["run_graph"] is True, info
@@ -153,12 +157,14 @@ def test_graph_is_served(server):
         assert f'op: "{op}"' in text, op
 
 
+@pytest.mark.slow
 def test_flags_text_is_served(server):
     assert "flags" in server.get_json("/data/plugin/text/tags")[RUN]
     text = server.get_json("/data/plugin/text/text", run=RUN, tag="flags")
     assert text and "summary_every_steps" in text[0]["text"]
 
 
+@pytest.mark.slow
 def test_hparams_plugin_lists_the_session(server, finished_run):
     _, result = finished_run
     experiment = server.post_json("/data/plugin/hparams/experiment", {"experimentName": ""})
@@ -198,6 +204,7 @@ def test_hparams_plugin_lists_the_session(server, finished_run):
     assert val_loss["value"] == pytest.approx(result.history["val_loss"][-1], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_profile_plugin_lists_the_capture(server):
     runs = server.get_json("/data/plugin/profile/runs")
     ours = [run for run in runs if run.startswith(f"{RUN}/")]
@@ -227,6 +234,7 @@ def _script_env(**extra) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_tensorboard_sh_serves_the_logdir(finished_run, tmp_path):
     logdir, _ = finished_run
     port = tb_util.free_port()

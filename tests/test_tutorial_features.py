@@ -146,6 +146,7 @@ def multi_io_runs(tiny_config, run_train, tmp_path_factory) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_multi_io_loss_agrees_across_loops(multi_io_runs):
     """The same weighted loss, from the same weights and batches, in every loop."""
     reference = multi_io_runs["fit"][0].history
@@ -159,6 +160,7 @@ def test_multi_io_loss_agrees_across_loops(multi_io_runs):
         assert history["loss"][-1] < history["loss"][0], (mode, history["loss"])
 
 
+@pytest.mark.slow
 def test_multi_io_logs_every_output_in_every_loop(multi_io_runs, load_json):
     """History, summary table and TensorBoard have each output's loss and accuracy,
     with the same keys and tags in every loop."""
@@ -182,6 +184,7 @@ def test_multi_io_logs_every_output_in_every_loop(multi_io_runs, load_json):
     assert tag_sets["train_on_batch"] == tag_sets["fit"] == tag_sets["tape"], tag_sets
 
 
+@pytest.mark.slow
 def test_multi_io_total_loss_is_the_weighted_sum(multi_io_runs):
     """loss = priority_loss * 1.0 + department_loss * 0.2 (the default weights).
 
@@ -211,6 +214,7 @@ def test_multi_io_total_loss_is_the_weighted_sum(multi_io_runs):
             ), (prefix, epoch)
 
 
+@pytest.mark.slow
 def test_multi_io_validation_per_output_losses_agree_between_fit_and_tape(multi_io_runs):
     """fit and tape report the same per-output validation losses.
 
@@ -225,6 +229,7 @@ def test_multi_io_validation_per_output_losses_agree_between_fit_and_tape(multi_
         np.testing.assert_allclose(tape[key], fit[key], rtol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_multi_io_custom_loss_weights(make_config, run_train, load_json):
     """loss_weights priority=1, department=1 make the loss the plain sum."""
     weights = {"priority": 1.0, "department": 1.0}
@@ -250,6 +255,7 @@ def test_multi_io_custom_loss_weights(make_config, run_train, load_json):
     assert dict(map(tuple, flags["loss_weights"])) == weights
 
 
+@pytest.mark.slow
 def test_multi_io_targets_depend_on_the_inputs(make_config, run_train):
     """Trained longer, the model beats chance on the department (4 classes) and the
     majority class on the priority, on held-out tickets; the chosen metrics go to
@@ -381,6 +387,7 @@ MULTICLASS = ("accuracy", "top3_accuracy", "crossentropy")
 @pytest.mark.parametrize(
     "num_classes, names", [(2, BINARY), (46, MULTICLASS)], ids=["binary", "46-class"]
 )
+@pytest.mark.slow
 def test_chosen_metrics_are_logged_everywhere(
     mode, num_classes, names, make_config, run_train, load_json, capsys
 ):
@@ -520,6 +527,7 @@ THREADS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_thread_flags_set_tensorflows_pools(tmp_path, load_json):
     logdir = tmp_path / "logs"
     process = subprocess.run(
@@ -568,6 +576,7 @@ CLI_CASES = [
 
 
 @cpu_only
+@pytest.mark.slow
 def test_cli_usage_errors_are_one_line_exit_2(tmp_path):
     tiny = [
         "--epochs=1",
@@ -687,11 +696,13 @@ def _check_export(run) -> None:
         np.testing.assert_allclose(served[name], value, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_export_sequential_serves_like_the_best_model(exports):
     _check_export(exports["sequential"])
     assert exports["sequential"]["served"]["output"].shape == (N_INPUTS, 46)
 
 
+@pytest.mark.slow
 def test_export_multi_io_serves_like_the_best_model(exports):
     _check_export(exports["multi_io"])
     served = exports["multi_io"]["served"]
@@ -699,10 +710,12 @@ def test_export_multi_io_serves_like_the_best_model(exports):
     assert served["department"].shape == (N_INPUTS, 4)
 
 
+@pytest.mark.slow
 def test_export_subclass_serves_like_the_best_model(exports):
     _check_export(exports["subclass"])
 
 
+@pytest.mark.slow
 def test_export_multi_io_says_how_to_call_it(exports):
     run = exports["multi_io"]
     hint = "\n".join(line for line in run["lines"] if "saved_model" in line.lower())
