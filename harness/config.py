@@ -30,11 +30,11 @@ from harness.options import (
 
 MODES = loops.MODES
 BUILTIN_MODELS = ("sequential", "functional", "subclass", "multi_io")
-DATASETS = ("synthetic", "reuters", "imdb")
+DATASETS = catalog.BUILTIN_DATASETS
+TASKS = ("auto", "classification", "regression")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 MULTI_IO_OUTPUTS = ("priority", "department")
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 NAME_MAX = 255  # bytes in one file name, on every common file system
 # The README's tables, in order (see flags_doc.py).
@@ -48,11 +48,30 @@ WHAT, HOW, WHERE, PROFILING, DEVICES = GROUPS = (
 
 
 def _check_model(name: str, value: str) -> None:
-    if value not in BUILTIN_MODELS and not _IMPORT_PATH.match(value):
+    if value not in BUILTIN_MODELS and not catalog.IMPORT_PATH.match(value):
         raise UsageError(
             f"--{name}={value!r} is not allowed: use one of "
             f"{', '.join(BUILTIN_MODELS)} or a builder 'package.module:function'"
         )
+
+
+def _check_dataset(name: str, value: str) -> None:
+    catalog.dataset_kind(value)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise UsageError(f"--{name}={value} is not allowed: give a fraction between 0 and 1")
+
+
+def parse_image_size(text: str) -> tuple | None:
+    """Parses --image_size 'H,W' (or '' for the default)."""
+    size = parse_int_list("image_size", text)
+    if size and (len(size) != 2 or min(size) < 1):
+        raise UsageError(
+            f"--image_size={text!r} is not allowed: give height,width in pixels, e.g. 64,64"
+        )
+    return size or None
 
 
 def _check_run_name(flag: str, name: str) -> None:
@@ -146,11 +165,35 @@ class Config:
     model: str = option(
         "sequential",
         f"Model: {' | '.join(BUILTIN_MODELS)} | package.module:function (a "
-        "builder (input_shape, num_classes) -> keras.Model)",
+        "builder (input_spec, task) -> keras.Model)",
         group=WHAT,
         checks=(_check_model,),
     )
-    dataset: str = option("synthetic", "Dataset: {choices}", group=WHAT, choices=DATASETS)
+    dataset: str = option(
+        "synthetic", f"Dataset: {catalog.DATASET_HELP}", group=WHAT, checks=(_check_dataset,)
+    )
+    task: str = option(
+        "auto",
+        "What the labels are: {choices} (auto: integer labels are classes, floats "
+        "regression targets; .npz and function data)",
+        group=WHAT,
+        choices=TASKS,
+    )
+    validation_split: float | None = option(
+        None,
+        "Hold out this fraction of the training data, seeded by --seed, when the data has "
+        "no validation split (a folder without validation/, arrays without x_val)",
+        group=WHAT,
+        checks=(_check_fraction,),
+        shown="none",
+    )
+    image_size: tuple | None = option(
+        None,
+        "Image folders: resize the images to height,width",
+        group=WHAT,
+        parse=parse_image_size,
+        shown="64,64",
+    )
     data_dir: str | None = option(
         None,
         "Folder holding reuters.npz / imdb.npz (offline use; the file's hash is checked)",
@@ -309,9 +352,10 @@ class Config:
     )
     metrics: tuple = option(
         (),
-        "Comma-separated metrics (default per task: accuracy,top5_accuracy or "
-        "accuracy,auc; accuracy for multi_io); choices: accuracy, top5_accuracy, "
-        "top3_accuracy, crossentropy, auc, precision, recall",
+        "Comma-separated metrics (default per task: accuracy,top5_accuracy; accuracy,auc "
+        "for two classes; mae,rmse for regression; accuracy for multi_io); choices: "
+        "accuracy, top5_accuracy, top3_accuracy, crossentropy, auc, precision, recall, "
+        "mae, mse, rmse",
         group=WHAT,
         parse=parse_name_list,
         shown="per task",
@@ -417,7 +461,8 @@ def _num_classes_only_synthetic(config: Config) -> None:
 
 
 def _max_len_fits_model(config: Config) -> None:
-    catalog.check_max_len(config.model, config.max_len)
+    if catalog.dataset_kind(config.dataset) in (catalog.BUILTIN, catalog.TEXT_FOLDER):
+        catalog.check_max_len(config.model, config.max_len)
 
 
 def _cpu_replicas_only_mirrored(config: Config) -> None:
@@ -443,6 +488,25 @@ def _multi_io_rules(config: Config) -> None:
         )
 
 
+def _user_data_rules(config: Config) -> None:
+    """The options that apply to some kinds of --dataset only."""
+    kind = catalog.dataset_kind(config.dataset)
+    if config.task != "auto" and kind not in (catalog.NPZ, catalog.FUNCTION):
+        raise UsageError(
+            f"--task={config.task} applies to .npz and function data; "
+            f"--dataset={config.dataset} is classification"
+        )
+    if config.validation_split is not None and kind == catalog.BUILTIN:
+        raise UsageError(
+            f"--validation_split applies to your own data; --dataset={config.dataset} "
+            "has its own validation split"
+        )
+    if config.image_size and kind != catalog.IMAGE_FOLDER:
+        raise UsageError(
+            f"--image_size applies to image folders; --dataset={config.dataset} is not one"
+        )
+
+
 def _resume_rules(config: Config) -> None:
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: give one of them")
@@ -465,6 +529,7 @@ _RULES = (
     loops.check,
     _cpu_replicas_only_mirrored,
     _multi_io_rules,
+    _user_data_rules,
     _resume_rules,
     _data_dir_holds_the_file,
 )

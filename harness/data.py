@@ -54,13 +54,15 @@ DATA_HASHES = {
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Padded train/validation arrays and the number of classes."""
+    """Train/validation arrays, the number of classes (None: regression targets) and,
+    for text tokenized by the harness, its vocabulary."""
 
     x_train: Any  # an array, or a dict of arrays for a multi-input model
     y_train: Any
     x_val: Any
     y_val: Any
-    num_classes: int
+    num_classes: int | None
+    vocabulary: tuple | None = None
 
     @property
     def train_size(self) -> int:
@@ -287,7 +289,7 @@ def _slices(tensors, length: int, *, with_rest: bool = True) -> tf.data.Dataset:
     return slices.concatenate(nonempty)
 
 
-def validation_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int) -> tf.data.Dataset:
+def validation_dataset(x, y, *, batch_size: int) -> tf.data.Dataset:
     """The validation batches in a fixed order."""
     return (
         tf.data.Dataset.from_tensor_slices((x, y))

@@ -1,16 +1,15 @@
 """The built-in models and user models named by import path.
 
-Every builder has the signature `(input_shape, num_classes, num_words) -> keras.Model`
-and ends in the task's head: softmax over N classes, or one sigmoid unit when
-`num_classes == 2`. A user's builder `package.module:function` takes
-`(input_shape, num_classes)`.
+The built-in models follow the inputs (`input_kind`): `sequential`, `functional`
+and `subclass` for token ids, and `sequential` also as a small Conv2D model for
+images and an MLP for feature vectors. Each built-in builder has the signature
+`(input_shape, task, num_words, x_train) -> keras.Model` and ends in the task's
+head. A user's builder `package.module:function` takes `(input_spec, task)` (the
+`tf.TensorSpec` of the input, or a dict of them, and the `harness.task.Task`) or,
+as before, `(input_shape, num_classes)`.
 """
 
-import importlib
 import inspect
-import os
-import sysconfig
-import traceback
 from collections.abc import Callable
 
 import keras
@@ -18,20 +17,15 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from harness.errors import UsageError, UserCodeError
+from harness import user_code
+from harness.errors import UsageError
+from harness.task import SingleOutput, Task
 
+TOKENS, IMAGES, FEATURES, NAMED = "token ids", "images", "feature vectors", "named inputs"
 EMBEDDING_DIM = 7
 
 
-def head(num_classes: int) -> layers.Layer:
-    """The output layer for the task; float32 even under mixed precision, so the
-    probabilities and the loss keep full precision."""
-    if num_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name="head", dtype="float32")
-    return layers.Dense(num_classes, activation="softmax", name="head", dtype="float32")
-
-
-def sequential(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
+def sequential(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None) -> keras.Model:
     """Embedding -> Conv1D(64,5) -> pool -> Conv1D(32,3) -> pool -> Flatten -> head."""
     return keras.Sequential(
         [
@@ -42,13 +36,13 @@ def sequential(input_shape: tuple, num_classes: int, num_words: int) -> keras.Mo
             layers.Conv1D(32, 3, activation="relu"),
             layers.MaxPool1D(2),
             layers.Flatten(),
-            head(num_classes),
+            task.head(),
         ],
         name="sequential",
     )
 
 
-def functional(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
+def functional(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None) -> keras.Model:
     """Three SeparableConv1D branches (kernel 3, 5, 7) over one embedding, concatenated."""
     tokens = keras.Input(shape=input_shape, dtype="int32", name="tokens")
     embedded = layers.Embedding(num_words, EMBEDDING_DIM)(tokens)
@@ -59,7 +53,7 @@ def functional(input_shape: tuple, num_classes: int, num_words: int) -> keras.Mo
         x = layers.SeparableConv1D(32, k, activation="relu")(x)
         branches.append(layers.GlobalMaxPool1D()(x))
     merged = layers.Concatenate()(branches)
-    return keras.Model(tokens, head(num_classes)(merged), name="functional")
+    return keras.Model(tokens, task.head()(merged), name="functional")
 
 
 @keras.saving.register_keras_serializable(package="harness")
@@ -108,7 +102,7 @@ class ResidualClassifier(keras.Model):
         self.block7 = ResBlock(7)
         self.block5 = ResBlock(5)
         self.flatten = layers.Flatten()
-        self.head = head(num_classes)
+        self.head = SingleOutput(num_classes).head()
 
     def build(self, input_shape):
         # Builds every sublayer, so the variables exist before the first call
@@ -127,138 +121,180 @@ class ResidualClassifier(keras.Model):
         return {"num_classes": self.num_classes, "num_words": self.num_words, "name": self.name}
 
 
-def subclass(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
+def subclass(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None) -> keras.Model:
     """The ResidualClassifier, built for `input_shape`."""
-    model = ResidualClassifier(num_classes, num_words, name="subclass")
+    model = ResidualClassifier(task.num_classes, num_words, name="subclass")
     model.build((None, *input_shape))
     return model
 
 
-def multi_io(input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
+def conv2d(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None) -> keras.Model:
+    """The old tutorial's small image model: two Conv2D(padding='same') -> pool blocks,
+    global average pooling, Dense(64) -> head."""
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="float32"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPool2D(padding="same"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPool2D(padding="same"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(64, activation="relu"),
+            task.head(),
+        ],
+        name="sequential",
+    )
+
+
+def mlp(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None) -> keras.Model:
+    """Normalization (adapted to the training features) -> Dense(64) x 2 -> head."""
+    normalization = layers.Normalization()
+    if x_train is not None:
+        normalization.adapt(np.asarray(x_train, dtype="float32"))
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, dtype="float32"),
+            normalization,
+            layers.Dense(64, activation="relu"),
+            layers.Dense(64, activation="relu"),
+            task.head(),
+        ],
+        name="sequential",
+    )
+
+
+def multi_io(input_spec: dict, task: Task, num_words: int, x_train=None) -> keras.Model:
     """The tickets model of Keras's functional-API guide (see harness.multi_io)."""
     from harness import multi_io as tickets  # the task module builds on this one's users
 
-    return tickets.build(input_shape[0], num_classes, num_words)
+    return tickets.build(input_spec["body"].shape[1], task.num_departments, num_words)
 
 
-BUILTIN: dict[str, Callable[..., keras.Model]] = {
-    "sequential": sequential,
-    "functional": functional,
-    "subclass": subclass,
-    "multi_io": multi_io,
+# Built-in model name -> {the kind of input it takes: builder}.
+BUILTIN: dict[str, dict[str, Callable[..., keras.Model]]] = {
+    "sequential": {TOKENS: sequential, IMAGES: conv2d, FEATURES: mlp},
+    "functional": {TOKENS: functional},
+    "subclass": {TOKENS: subclass},
+    "multi_io": {NAMED: multi_io},
 }
+NEW_STYLE = (
+    "input_spec",
+    "task",
+)  # a user builder's parameters; others get (input_shape, num_classes)
 
 
-def build(name: str, input_shape: tuple, num_classes: int, num_words: int) -> keras.Model:
-    """Builds a built-in model by name or calls a user's `package.module:function`.
+def input_spec(x) -> tf.TensorSpec | dict:
+    """The spec (batch dimension None, shape and dtype) of an array or a dict of arrays."""
+    return tf.nest.map_structure(
+        lambda a: tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(a.dtype)), x
+    )
+
+
+def token_spec(length: int) -> tf.TensorSpec:
+    """The spec of a batch of token-id sequences of `length`."""
+    return tf.TensorSpec((None, length), tf.int32)
+
+
+def input_kind(spec) -> str:
+    """TOKENS (int [batch, length]), IMAGES ([batch, height, width, channels]),
+    FEATURES (float [batch, n]), NAMED (a dict of inputs) or a description of
+    what no built-in model takes."""
+    if isinstance(spec, dict):
+        return NAMED
+    rank = spec.shape.rank
+    if rank == 2:
+        return TOKENS if spec.dtype.is_integer else FEATURES
+    if rank == 4:
+        return IMAGES
+    return f"{spec.dtype.name} {describe(spec)}"
+
+
+def describe(spec) -> str:
+    """'[batch, 8, 8, 3]', or per input for a dict."""
+    if isinstance(spec, dict):
+        return ", ".join(f"{name}: {spec[name].dtype.name} {describe(spec[name])}" for name in spec)
+    return "[" + ", ".join(["batch", *map(str, spec.shape[1:])]) + "]"
+
+
+def build(name: str, spec, task: Task, num_words: int, x_train=None) -> keras.Model:
+    """Builds a built-in model for the input `spec` by name, or calls a user's
+    `package.module:function`; `x_train` adapts the MLP's normalization.
 
     A user's model is checked at once, before anything is written: called on a
-    batch of the task's input, it must give one output shaped like the task's head
-    and have trainable weights.
+    batch of the task's input, its outputs must fit the task and it must have
+    trainable weights.
 
     Raises:
-        UsageError: the import path does not import, is not a builder (input_shape,
-            num_classes) -> keras.Model, or the model does not fit the task.
+        UsageError: no built-in model of that name takes this input; the import
+            path does not import or is not a builder; the model does not fit the task.
         UserCodeError: the user's builder (or the module it is in) raised; the
             error carries the frames of the user's code.
     """
     if name in BUILTIN:
-        return BUILTIN[name](input_shape, num_classes, num_words)
-    builder = _builder(name)
-    try:
-        model = builder(input_shape, num_classes)
-    except Exception as error:  # the user's code: any error, shown with its frames
-        if not _is_user_code(builder):  # e.g. os.path:join, a library function
+        kind = input_kind(spec)
+        if kind not in BUILTIN[name]:
+            fitting = [n for n, builders in BUILTIN.items() if kind in builders]
+            use = f"--model={' or --model='.join(fitting)}" if fitting else "your own --model"
             raise UsageError(
-                f"--model={name!r} is not a model builder: calling it with "
-                f"({input_shape}, {num_classes}) raised "
-                f"{type(error).__name__}: {_one_line(error)}"
-            ) from None
-        raise UserCodeError(
-            f"--model={name!r}: the builder raised {type(error).__name__}: "
-            f"{_one_line(error)} (its traceback is above)",
-            _user_frames(error),
-        ) from error
+                f"--model={name} takes {' or '.join(BUILTIN[name])}; this data's inputs are "
+                f"{kind if kind in (TOKENS, IMAGES, FEATURES) else describe(spec)}: use {use} "
+                "(a builder package.module:function)"
+            )
+        shape = spec if kind == NAMED else tuple(spec.shape[1:])
+        return BUILTIN[name][kind](shape, task, num_words, x_train)
+    builder = user_code.import_function(
+        "model", name, "a builder (input_spec, task) -> keras.Model"
+    )
+    params = user_code.parameters(builder)
+    if params is not None and params[:2] == list(NEW_STYLE):
+        args = (spec, task)
+    elif isinstance(spec, dict) or not isinstance(task, SingleOutput):
+        raise UsageError(
+            f"--model={name!r} takes ({', '.join(params or ())}); for this data the builder "
+            "must take (input_spec, task)"
+        )
+    else:
+        args = (tuple(spec.shape[1:]), task.num_classes)
+        if params is not None and not _binds(builder, args):
+            raise UsageError(
+                f"--model={name!r} takes ({', '.join(params)}), not a builder "
+                "(input_spec, task) or (input_shape, num_classes) -> keras.Model"
+            )
+    model = user_code.call("model", name, builder, args, what="a model builder")
     if not isinstance(model, keras.Model):
         raise UsageError(
             f"--model={name!r} returned {type(model).__name__}, not a "
             "keras.Model: the builder must return a model"
         )
-    check_fits_task(name, model, input_shape, num_classes)
+    check_fits_task(name, model, spec, task)
     return model
 
 
-def _builder(name: str) -> Callable:
-    """The function `package.module:function` names, checked to take (input_shape, num_classes)."""
-    module_name, _, function_name = name.partition(":")
+def _binds(function: Callable, args: tuple) -> bool:
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UsageError(
-            f"--model={name!r} does not import ({type(error).__name__}: "
-            f"{error}); give 'package.module:function' of a builder "
-            "(input_shape, num_classes) -> keras.Model on PYTHONPATH"
-        ) from None
-    except Exception as error:  # the user's module itself raised while importing
-        raise UserCodeError(
-            f"--model={name!r}: importing {module_name} raised "
-            f"{type(error).__name__}: {_one_line(error)} (its traceback is "
-            "above)",
-            _user_frames(error),
-        ) from error
-    try:
-        builder = getattr(module, function_name)
-    except AttributeError as error:
-        raise UsageError(
-            f"--model={name!r} does not import (AttributeError: {error}); give "
-            "'package.module:function' of a builder (input_shape, num_classes) "
-            "-> keras.Model on PYTHONPATH"
-        ) from None
-    if not callable(builder):
-        raise UsageError(
-            f"--model={name!r} names a {type(builder).__name__}, not a builder "
-            "function (input_shape, num_classes) -> keras.Model"
-        )
-    try:
-        signature = inspect.signature(builder)
-    except (TypeError, ValueError):  # some built-ins have none: calling them tells
-        return builder
-    try:
-        signature.bind(("input_shape",), "num_classes")
+        inspect.signature(function).bind(*args)
     except TypeError:
-        raise UsageError(
-            f"--model={name!r} takes ({', '.join(signature.parameters)}), not "
-            "a builder (input_shape, num_classes) -> keras.Model"
-        ) from None
-    return builder
+        return False
+    return True
 
 
-def check_fits_task(name: str, model: keras.Model, input_shape: tuple, num_classes: int) -> None:
-    """Raises UsageError unless `model`, called on a batch of the task's input
-    (int32 tokens [batch, *input_shape]), gives one output [batch, units] with the
-    head's units (1 for the binary task, else `num_classes`) and has trainable weights."""
-    units = 1 if num_classes == 2 else num_classes
-    head = (
-        "one sigmoid unit for the binary task"
-        if num_classes == 2
-        else f"a softmax over {num_classes} classes"
+def check_fits_task(name: str, model: keras.Model, spec, task: Task) -> None:
+    """Raises UsageError unless `model`, called on a batch of zeros shaped by `spec`,
+    gives outputs that fit `task` and has trainable weights."""
+    batch = tf.nest.map_structure(
+        lambda s: np.zeros((2, *s.shape[1:]), dtype=s.dtype.as_numpy_dtype), spec
     )
-    needed = f"one output [batch, {units}] ({head})"
-    batch = np.zeros((2, *input_shape), dtype=np.int32)
     try:
-        outputs = tf.nest.flatten(model(batch, training=False))
+        outputs = model(batch, training=False)
     except Exception as error:  # noqa: BLE001 - a model that cannot take the input
         raise UsageError(
-            f"--model={name!r}: the model fails on the task's input (int32 "
-            f"[batch, {', '.join(map(str, input_shape))}]): "
-            f"{type(error).__name__}: {_one_line(error)}"
+            f"--model={name!r}: the model fails on the task's input "
+            f"({_dtypes(spec)} {describe(spec)}): "
+            f"{type(error).__name__}: {user_code.one_line(error)}"
         ) from None
-    if len(outputs) != 1:
-        raise UsageError(f"--model={name!r} has {len(outputs)} outputs; the task needs {needed}")
-    shape = tuple(outputs[0].shape)
-    if shape != (batch.shape[0], units):
-        given = ", ".join(["batch", *map(str, shape[1:])])
-        raise UsageError(f"--model={name!r} outputs [{given}]; the task needs {needed}")
+    problem = task.check_outputs(outputs, 2)
+    if problem:
+        raise UsageError(f"--model={name!r} {problem}")
     if not model.trainable_weights:
         raise UsageError(
             f"--model={name!r} has no trainable weights: there is nothing to "
@@ -266,42 +302,5 @@ def check_fits_task(name: str, model: keras.Model, input_shape: tuple, num_class
         )
 
 
-def _is_user_code(builder: Callable) -> bool:
-    """Whether `builder` is the user's own Python code (not a built-in, nor a function
-    of the standard library or an installed package)."""
-    try:
-        path = inspect.getfile(inspect.unwrap(builder))  # a function's or a class's file
-    except TypeError:  # built-in
-        return False
-    if path.startswith("<"):  # frozen modules (os.path), exec'd strings
-        return False
-    path = os.path.realpath(path)
-    libraries = {
-        os.path.realpath(folder)
-        for key, folder in sysconfig.get_paths().items()
-        if key in ("stdlib", "platstdlib", "purelib", "platlib")
-    }
-    return not any(path.startswith(folder + os.sep) for folder in libraries)
-
-
-def _user_frames(error: BaseException) -> str:
-    """`error`'s traceback from the first frame that is not the harness's own."""
-    tb = error.__traceback__
-    # The harness's frames, then (for an import) importlib's, lead to the user's code.
-    while tb is not None and (
-        tb.tb_frame.f_code.co_filename in _HARNESS_FILES
-        or tb.tb_frame.f_code.co_filename.startswith(_IMPORTLIB)
-    ):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
-
-
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line (Keras's are often several)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-_HARNESS_FILES = {__file__, importlib.__file__}
-_IMPORTLIB = "<frozen importlib"
+def _dtypes(spec) -> str:
+    return "" if isinstance(spec, dict) else spec.dtype.name

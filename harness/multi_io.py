@@ -6,8 +6,11 @@ Everything the task needs lives here: the model, its offline synthetic data
 (whose targets really depend on the inputs), and its losses and metrics.
 """
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 from harness import data, task
@@ -119,3 +122,30 @@ def compile_args(
         "metrics": metrics,
     }
     return args, keys
+
+
+class Tickets(task.Task):
+    """The tickets task: a binary priority and a softmax over the departments, each
+    output with its own loss, weighted."""
+
+    def __init__(self, num_departments: int, loss_weights: dict) -> None:
+        self.num_departments = num_departments
+        self.loss_weights = loss_weights
+
+    def describe(self) -> str:
+        return f"tickets: priority and {self.num_departments} departments"
+
+    def compile_args(self, metric_names: Sequence[str]) -> tuple[dict, list]:
+        return compile_args(self.num_departments, tuple(metric_names), self.loss_weights)
+
+    def output_spec(self) -> str:
+        return f"outputs priority [batch, 1] and department [batch, {self.num_departments}]"
+
+    def check_outputs(self, outputs, batch: int) -> str | None:
+        wanted = {"priority": (batch, 1), "department": (batch, self.num_departments)}
+        shapes = (
+            {name: tuple(tf.convert_to_tensor(o).shape) for name, o in outputs.items()}
+            if isinstance(outputs, dict)
+            else None
+        )
+        return None if shapes == wanted else f"does not give the {self.output_spec()}"

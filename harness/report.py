@@ -5,12 +5,11 @@ import shlex
 import sys
 
 
-def startup(config, run_dir: str, splits, steps_per_epoch: int, schedule) -> str:
+def startup(config, run_dir: str, splits, task, steps_per_epoch: int, schedule) -> str:
     """The lines that say what is about to run and where it goes."""
-    task = "binary" if splits.num_classes == 2 else f"{splits.num_classes}-class"
     lines = [
         f"harness: mode={config.mode} model={config.model} dataset={config.dataset} "
-        f"({splits.train_size} train / {splits.val_size} validation, {task})",
+        f"({splits.train_size} train / {splits.val_size} validation, {task.describe()})",
         f"harness: {config.epochs} epochs x {steps_per_epoch} steps of batch "
         f"{config.batch_size}, optimizer={config.optimizer} lr={config.learning_rate:g}",
         f"harness: run directory {run_dir}",
@@ -54,9 +53,12 @@ def tensorboard_command(logdir: str) -> str:
     )
 
 
+LOWER_IS_BETTER = ("loss", "crossentropy", "mae", "mse", "rmse", "seconds")
+
+
 def higher_is_better(metric: str) -> bool:
-    """Lower is better for losses and timings, higher for everything else."""
-    return not ("loss" in metric or metric.endswith("seconds"))
+    """Lower is better for losses, errors and timings, higher for everything else."""
+    return not metric.endswith(LOWER_IS_BETTER)
 
 
 def _best_index(name: str, values: list) -> int:

@@ -25,6 +25,7 @@ from harness import (
     multi_io,
     report,
     rundir,
+    sources,
     task,
     tracing,
 )
@@ -139,8 +140,9 @@ def _train(
 ) -> Result:
     """Everything of `train` that runs inside the strategy's scope."""
     keras.utils.set_random_seed(config.seed)
-    splits = _load_data(config)
-    model = _compiled_model(config, splits.num_classes)
+    splits = _load_data(config, run_dir)
+    run_task = _task(config, splits)
+    model = _compiled_model(config, run_task, splits)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
@@ -151,6 +153,7 @@ def _train(
     claim = None  # this process's hold on the run directory, for the run's life
     try:
         claim = rundir.create(config, run_dir)
+        sources.save_vocabulary(splits, run_dir)
         manager = make_manager(
             model,
             os.path.join(run_dir, rundir.CHECKPOINT_DIR),
@@ -170,6 +173,7 @@ def _train(
             run_dir,
             model,
             splits,
+            run_task,
             steps_per_epoch,
             checkpointing,
             metrics_state,
@@ -189,6 +193,7 @@ def _train_in(
     run_dir: str,
     model: keras.Model,
     splits: data.Splits,
+    run_task: task.Task,
     steps_per_epoch: int,
     checkpointing: Checkpointing,
     metrics_state: EpochMetricsState,
@@ -265,7 +270,7 @@ def _train_in(
 
     for line in filter(None, startup_lines):
         print_fn(line)
-    print_fn(report.startup(config, run_dir, splits, steps_per_epoch, schedule))
+    print_fn(report.startup(config, run_dir, splits, run_task, steps_per_epoch, schedule))
     traces = tracing.count_traces(model)
     try:
         loops.run(
@@ -335,8 +340,9 @@ def _stopped(stop: Exception, run_dir: str, manager: tf.train.CheckpointManager)
     )
 
 
-def _load_data(config: Config) -> data.Splits:
-    """The run's data: the multi-output tickets, or a single-input dataset."""
+def _load_data(config: Config, run_dir: str) -> data.Splits:
+    """The run's data: the multi-output tickets, or what --dataset names (a resumed
+    run's text keeps its vocabulary)."""
     if config.model == "multi_io":
         return multi_io.synthetic(
             num_examples=config.num_examples,
@@ -345,26 +351,21 @@ def _load_data(config: Config) -> data.Splits:
             num_departments=config.classes,
             seed=config.seed,
         )
-    return data.load(
-        config.dataset,
-        num_words=config.num_words,
-        max_len=config.max_len,
-        seed=config.seed,
-        num_classes=config.classes,
-        num_examples=config.num_examples,
-        data_dir=config.data_dir,
-    )
+    return sources.load(config, run_dir if config.resume else None)
 
 
-def _compiled_model(config: Config, num_classes: int) -> keras.Model:
+def _task(config: Config, splits: data.Splits) -> task.Task:
+    """What the run trains for: the tickets, or what the labels call for."""
+    if config.model == "multi_io":
+        return multi_io.Tickets(config.classes, dict(config.loss_weights))
+    targets = splits.y_train.shape[-1] if splits.num_classes is task.REGRESSION else 1
+    return task.SingleOutput(splits.num_classes, targets)
+
+
+def _compiled_model(config: Config, run_task: task.Task, splits: data.Splits) -> keras.Model:
     """Builds and compiles the model; rejects a --monitor it does not log."""
     try:
-        if config.model == "multi_io":
-            compile_args, log_keys = multi_io.compile_args(
-                num_classes, config.metrics, dict(config.loss_weights)
-            )
-        else:
-            compile_args, log_keys = task.compile_args(num_classes, config.metrics)
+        compile_args, log_keys = run_task.compile_args(config.metrics)
     except ValueError as error:
         raise UsageError(str(error)) from None
     monitorable = [*log_keys, *(f"val_{name}" for name in log_keys)]
@@ -374,7 +375,13 @@ def _compiled_model(config: Config, num_classes: int) -> keras.Model:
             f"of {', '.join(monitorable)}"
         )
     keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
-    model = models.build(config.model, (config.max_len,), num_classes, config.num_words)
+    model = models.build(
+        config.model,
+        models.input_spec(splits.x_train),
+        run_task,
+        config.num_words,
+        splits.x_train,
+    )
     model.compile(
         optimizer=task.optimizer(config.optimizer, config.learning_rate, config.clip_norm),
         **compile_args,

@@ -57,7 +57,7 @@ BAD_MODELS = {
     "stdlib-function": ("os.path:join", ["is not a model builder", "TypeError"]),
     "wrong-signature": (
         "harness.models:sequential",
-        ["takes (input_shape, num_classes, num_words)", "not a builder"],
+        ["takes (input_shape, task, num_words, x_train)", "not a builder"],
     ),
     "not-callable": ("tests.user_models:NOT_A_FUNCTION", ["names a int, not a builder"]),
 }

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import data, models, tracing, train
+from harness import data, models, task, tracing, train
 from harness.catalog import MIN_MAX_LEN
 from harness.config import BUILTIN_MODELS, MODES, Config
 from harness.errors import UsageError
@@ -105,7 +105,7 @@ def test_binary_head_reports_accuracy_and_auc(mode, model, make_config, run_trai
 @pytest.mark.parametrize("model", SINGLE_INPUT_MODELS)
 @pytest.mark.parametrize("classes, units", [(46, 46), (2, 1)])
 def test_head_follows_the_task(model, classes, units):
-    built = models.build(model, (60,), classes, 1000)
+    built = models.build(model, models.token_spec(60), task.SingleOutput(classes), 1000)
     out = np.asarray(built(np.ones((3, 60), dtype="int32")))
     assert out.shape == (3, units) and np.all((out >= 0) & (out <= 1))
     if units > 1:
@@ -116,10 +116,12 @@ def test_head_follows_the_task(model, classes, units):
 def test_min_max_len_matches_each_model(model):
     """Config rejects a --max_len the model cannot take, and accepts the shortest it can."""
     shortest = MIN_MAX_LEN[model]
-    built = models.build(model, (shortest,), 46, 100)
+    built = models.build(model, models.token_spec(shortest), task.SingleOutput(46), 100)
     assert built(np.ones((1, shortest), dtype="int32")).shape == (1, 46)
     with pytest.raises(ValueError):  # Keras: the sequence shrinks to nothing
-        models.build(model, (shortest - 1,), 46, 100)(np.ones((1, shortest - 1), "int32"))
+        models.build(model, models.token_spec(shortest - 1), task.SingleOutput(46), 100)(
+            np.ones((1, shortest - 1), "int32")
+        )
     with pytest.raises(UsageError, match=f"--max_len={shortest - 1} .*--model={model}"):
         Config(model=model, max_len=shortest - 1).validate()
 

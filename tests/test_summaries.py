@@ -29,6 +29,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E4
 
 from harness import (
     models,  # noqa: E402
+    task,  # noqa: E402
     train,  # noqa: E402
 )
 from harness.callbacks.events import histogram_count, read  # noqa: E402
@@ -77,7 +78,9 @@ def weights():
     (hence the histogram tags) are the ones a run gets in a fresh process.
     """
     keras.backend.clear_session()
-    model = models.build("sequential", (MAX_LEN,), 46, Config().num_words)
+    model = models.build(
+        "sequential", models.token_spec(MAX_LEN), task.SingleOutput(46), Config().num_words
+    )
     paths = {v.path: int(np.prod(v.shape)) for v in model.trainable_variables}
     keras.backend.clear_session()
     return paths
@@ -397,7 +400,9 @@ def test_halving_error_names_the_schedule():
 @pytest.mark.slow
 def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
     keras.backend.clear_session()
-    models.build("sequential", (MAX_LEN,), 46, Config().num_words)  # an earlier model
+    models.build(
+        "sequential", models.token_spec(MAX_LEN), task.SingleOutput(46), Config().num_words
+    )  # an earlier model
     result = train(
         _config(tmp_path, "tape", epochs=1, summary_every_steps=0), print_fn=lambda s: None
     )

@@ -1,0 +1,347 @@
+"""The data users bring: an .npz file, a folder of class subfolders, a function.
+
+Every source ends as `data.Splits` of in-memory arrays, so that each loop reads
+the same seeded stream of batches (`data.TrainStream`) and a resumed run sees the
+same batch at each global step:
+- `<file>.npz`: arrays `x_train, y_train` and `x_val, y_val` (or `x_test, y_test`),
+  read with `allow_pickle=False`; `x_train/<name>` keys make named inputs; a file
+  of `x, y` alone (as Keras's boston_housing.npz) is split with --validation_split.
+- `<folder>`: `<folder>/train/<class>/…` and `<folder>/validation/<class>/…`, or
+  `<folder>/<class>/…` with --validation_split, read with Keras's folder loaders:
+  images resized to --image_size and scaled to [0, 1]; text files tokenized once by a
+  `TextVectorization` adapted to the training split (`--num_words`, `--max_len`),
+  whose vocabulary the run directory keeps (a resumed run reuses it).
+- `package.module:function`: called with no arguments (or `seed=`), returning the
+  arrays as a dict like the .npz, or `((x_train, y_train), (x_val, y_val))`.
+
+Labels choose the task (`task.for_labels`): integer classes or float targets.
+"""
+
+import os
+from collections.abc import Mapping
+
+import keras
+import numpy as np
+
+from harness import catalog, data, task, user_code
+from harness.callbacks import files
+from harness.config import Config
+from harness.errors import UsageError
+
+VOCABULARY_FILE = "vocabulary.txt"
+IMAGE_SIZE = (64, 64)
+SPLITS = (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test"))
+ARRAYS_HELP = (
+    "arrays x_train, y_train and x_val, y_val (or x_test, y_test; named inputs as x_train/<name>)"
+)
+FUNCTION_HELP = (
+    "return ((x_train, y_train), (x_val, y_val)) or a dict of x_train, y_train, x_val, y_val arrays"
+)
+
+
+def load(config: Config, run_dir: str | None = None) -> data.Splits:
+    """The run's data as `config.dataset` names it; `run_dir`: the run being resumed
+    (its saved vocabulary is reused).
+
+    Raises:
+        UsageError: the data is missing, malformed or fits no task.
+        UserCodeError: a --dataset function raised (exit status 2).
+    """
+    kind = catalog.dataset_kind(config.dataset)
+    if kind == catalog.BUILTIN:
+        return data.load(
+            config.dataset,
+            num_words=config.num_words,
+            max_len=config.max_len,
+            seed=config.seed,
+            num_classes=config.classes,
+            num_examples=config.num_examples,
+            data_dir=config.data_dir,
+        )
+    if kind == catalog.NPZ:
+        arrays = _npz(config.dataset)
+    elif kind == catalog.FUNCTION:
+        arrays = _function(config.dataset, config.seed)
+    elif kind == catalog.IMAGE_FOLDER:
+        arrays = _image_folder(config.dataset, config.image_size or IMAGE_SIZE)
+    else:
+        arrays = _text_folder(config, run_dir)
+    return from_arrays(config, arrays)
+
+
+def from_arrays(config: Config, arrays: Mapping) -> data.Splits:
+    """`Splits` of a dict of x_train, y_train (and x_val, y_val) arrays, checked,
+    split with --validation_split, cut to --num_examples; the task from the labels."""
+    where = f"--dataset={config.dataset}"
+    x_train, y_train = _checked(where, "train", arrays["x_train"], arrays["y_train"])
+    has_validation = arrays.get("x_val") is not None
+    if has_validation and config.validation_split:
+        raise UsageError(f"{where} has validation data of its own; drop --validation_split")
+    if has_validation:
+        x_val, y_val = _checked(where, "val", arrays["x_val"], arrays["y_val"])
+        _check_same_inputs(where, x_train, x_val)
+    elif config.validation_split:
+        (x_train, y_train), (x_val, y_val) = _split(
+            x_train, y_train, config.validation_split, config.seed
+        )
+    else:
+        raise UsageError(
+            f"{where} has no validation data: give {ARRAYS_HELP}, or pass "
+            "--validation_split=0.2 to hold out a fifth of the training data"
+        )
+    if config.num_examples:
+        if config.num_examples > data.num_examples(x_train):
+            raise UsageError(
+                f"--num_examples={config.num_examples} is not allowed: {where} has "
+                f"{data.num_examples(x_train)} training examples; use at most that"
+            )
+        x_train, y_train = _take((x_train, y_train), slice(None, config.num_examples))
+    try:
+        fitting = task.for_labels(y_train, y_val, config.task)
+    except ValueError as error:
+        raise UsageError(f"{where}: {error}") from None
+    if fitting.num_classes is task.REGRESSION:
+        y_train, y_val = (y.astype(np.float32).reshape(len(y), -1) for y in (y_train, y_val))
+    else:
+        y_train, y_val = (y.astype(np.int32).reshape(len(y)) for y in (y_train, y_val))
+    for name, x in (("x_train", x_train), ("x_val", x_val)):
+        _check_token_ids(where, name, x, config.num_words)
+    return data.Splits(
+        x_train, y_train, x_val, y_val, fitting.num_classes, vocabulary=arrays.get("vocabulary")
+    )
+
+
+def save_vocabulary(splits: data.Splits, run_dir: str) -> None:
+    """Keeps a text folder's vocabulary in the run directory (one token per line)."""
+    if splits.vocabulary:
+        files.write_text(os.path.join(run_dir, VOCABULARY_FILE), "\n".join(splits.vocabulary))
+
+
+def _npz(path: str) -> dict:
+    """The arrays of an .npz file, named inputs gathered into dicts."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except ValueError as error:  # object arrays need pickle, which is refused
+        raise UsageError(
+            f"--dataset={path!r}: {user_code.one_line(error)} (object arrays are not "
+            "read: store numbers)"
+        ) from None
+    except Exception as error:  # a damaged or foreign file: zipfile, OSError, ...
+        raise UsageError(
+            f"--dataset={path!r} is not a readable .npz file ({type(error).__name__}: "
+            f"{user_code.one_line(error)})"
+        ) from None
+    return _gathered(f"--dataset={path!r}", arrays, ARRAYS_HELP)
+
+
+def _gathered(where: str, arrays: Mapping, needed: str) -> dict:
+    """x_train, y_train, x_val, y_val from the arrays (x_test/y_test stand in for the
+    validation pair; 'x_train/<name>' keys become a dict of named inputs)."""
+
+    def named(prefix: str):
+        if prefix in arrays:
+            return np.asarray(arrays[prefix])
+        inputs = {
+            k.split("/", 1)[1]: np.asarray(v)
+            for k, v in arrays.items()
+            if k.startswith(prefix + "/")
+        }
+        return inputs or None
+
+    found = {name: named(name) for pair in SPLITS for name in pair}
+    if found["x_train"] is None and found["y_train"] is None:  # one set: keras's x, y
+        found["x_train"], found["y_train"] = named("x"), named("y")
+    missing = [name for name in ("x_train", "y_train") if found[name] is None]
+    if missing:
+        held = ", ".join(sorted(arrays)) or "nothing"
+        raise UsageError(f"{where} has no {' or '.join(missing)} (it holds {held}); give {needed}")
+    for x_name, y_name in SPLITS[1:]:
+        if (found[x_name] is None) != (found[y_name] is None):
+            given, absent = (x_name, y_name) if found[y_name] is None else (y_name, x_name)
+            raise UsageError(f"{where} has {given} but no {absent}; give both or neither")
+    validation = SPLITS[1] if found["x_val"] is not None else SPLITS[2]
+    return {
+        "x_train": found["x_train"],
+        "y_train": found["y_train"],
+        "x_val": found[validation[0]],
+        "y_val": found[validation[1]],
+    }
+
+
+def _function(path: str, seed: int) -> dict:
+    """The arrays a user's function returns."""
+    function = user_code.import_function("dataset", path, "a data function")
+    params = user_code.parameters(function) or []
+    args = (seed,) if "seed" in params else ()
+    call = (lambda s: function(seed=s)) if args else function
+    returned = user_code.call("dataset", path, call, args, what="a data function", exit_code=2)
+    where = f"--dataset={path!r}"
+    if isinstance(returned, Mapping) or hasattr(returned, "files"):  # a dict or an NpzFile
+        keys = returned.files if hasattr(returned, "files") else list(returned)
+        return _gathered(where, {k: returned[k] for k in keys}, FUNCTION_HELP)
+    if (
+        isinstance(returned, tuple | list)
+        and len(returned) == 2
+        and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in returned)
+    ):
+        (x_train, y_train), (x_val, y_val) = returned
+        return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    raise UsageError(f"{where} returned {_describe(returned)}; {FUNCTION_HELP}")
+
+
+def _describe(value) -> str:
+    if isinstance(value, tuple | list):
+        kinds = ", ".join(type(v).__name__ for v in value[:4])
+        return f"a {type(value).__name__} of {len(value)} ({kinds})"
+    return f"a {type(value).__name__}"
+
+
+def _folders(root: str) -> tuple[str, str | None]:
+    """The training folder and the validation folder (None: split the training one)."""
+    train, validation = os.path.join(root, "train"), os.path.join(root, "validation")
+    if os.path.isdir(train):
+        if not os.path.isdir(validation):
+            return train, None
+        return train, validation
+    return root, None
+
+
+def _read_folder(loader, root: str, what: str, **options) -> tuple[list, np.ndarray, list]:
+    """(examples, labels, class names) of one folder, in Keras's sorted order."""
+    train, validation = _folders(root)
+    classes = catalog.class_folders(train)
+    splits = []
+    for folder in filter(None, (train, validation)):
+        try:
+            dataset = loader(
+                folder,
+                labels="inferred",
+                label_mode="int",
+                class_names=classes,
+                batch_size=None,
+                shuffle=False,
+                verbose=False,
+                **options,
+            )
+        except ValueError as error:  # Keras's words: no files, other class folders
+            raise UsageError(f"--dataset={root!r}: {folder}: {user_code.one_line(error)}") from None
+        examples, labels = [], []
+        for example, label in dataset.as_numpy_iterator():
+            examples.append(example)
+            labels.append(label)
+        if not examples:
+            raise UsageError(f"--dataset={root!r}: {folder} holds no readable {what}")
+        splits.append((examples, np.asarray(labels, np.int32)))
+    return splits, classes
+
+
+def _image_folder(root: str, image_size: tuple) -> dict:
+    """The images as float32 [n, height, width, 3] in [0, 1]."""
+    splits, _ = _read_folder(
+        keras.utils.image_dataset_from_directory, root, "images", image_size=image_size
+    )
+    arrays = [(np.stack(x).astype(np.float32) / 255.0, y) for x, y in splits]
+    return _named_splits(arrays)
+
+
+def _text_folder(config: Config, run_dir: str | None) -> dict:
+    """The texts as int32 token ids [n, --max_len] (0 pads the end), tokenized once."""
+    splits, _ = _read_folder(keras.utils.text_dataset_from_directory, config.dataset, ".txt files")
+    saved = run_dir and os.path.join(run_dir, VOCABULARY_FILE)
+    vocabulary = None
+    if saved and os.path.exists(saved):
+        with open(saved, encoding="utf-8") as f:
+            vocabulary = f.read().split("\n")
+    vectorize = keras.layers.TextVectorization(
+        max_tokens=config.num_words,
+        output_sequence_length=config.max_len,
+        vocabulary=vocabulary,
+    )
+    if vocabulary is None:
+        vectorize.adapt(np.asarray(splits[0][0], dtype=object), batch_size=256)
+    arrays = [
+        (np.asarray(vectorize(np.asarray(x, dtype=object)), dtype=np.int32), y) for x, y in splits
+    ]
+    return {**_named_splits(arrays), "vocabulary": tuple(vectorize.get_vocabulary())}
+
+
+def _named_splits(arrays: list) -> dict:
+    (x_train, y_train), *rest = arrays
+    x_val, y_val = rest[0] if rest else (None, None)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+
+
+def _checked(where: str, split: str, x, y) -> tuple:
+    """x (an array or a dict of arrays) and y as numeric arrays of one length."""
+    names = {"x": f"x_{split}", "y": f"y_{split}"}
+    x = {k: np.asarray(v) for k, v in x.items()} if isinstance(x, Mapping) else np.asarray(x)
+    y = np.asarray(y)
+    for name, array in [*_flat(names["x"], x), (names["y"], y)]:
+        if array.ndim == 0:
+            raise UsageError(f"{where}: {name} is a single value, not one row per example")
+        if array.dtype.kind not in "biuf":
+            raise UsageError(
+                f"{where}: {name} holds {array.dtype} values; give numbers (for text: "
+                "token ids, or a folder of .txt files)"
+            )
+    lengths = {name: len(array) for name, array in [*_flat(names["x"], x), (names["y"], y)]}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} {n}" for name, n in lengths.items())
+        raise UsageError(
+            f"{where}: the {split} arrays differ in length ({shown}); "
+            "give one row per example in each"
+        )
+    if not lengths[names["y"]]:
+        raise UsageError(f"{where}: the {split} arrays are empty")
+    x = {k: _as_input(v) for k, v in x.items()} if isinstance(x, dict) else _as_input(x)
+    return x, y
+
+
+def _flat(name: str, x) -> list:
+    if isinstance(x, dict):
+        return [(f"{name}/{k}", v) for k, v in x.items()]
+    return [(name, x)]
+
+
+def _as_input(array: np.ndarray) -> np.ndarray:
+    """int32 token ids, float32 otherwise (what the model's inputs take)."""
+    return array.astype(np.int32 if array.dtype.kind in "iu" else np.float32)
+
+
+def _check_same_inputs(where: str, x_train, x_val) -> None:
+    train = {name: a.shape[1:] for name, a in _flat("x", x_train)}
+    val = {name: a.shape[1:] for name, a in _flat("x", x_val)}
+    if train.keys() != val.keys() or any(train[k] != val[k] for k in train):
+        raise UsageError(
+            f"{where}: the training and validation inputs differ in shape ({train} vs {val})"
+        )
+
+
+def _check_token_ids(where: str, name: str, x, num_words: int) -> None:
+    """Token ids (integer inputs of rank 1 per example) must index the embedding."""
+    for input_name, array in _flat(name, x):
+        if array.dtype.kind in "iu" and array.ndim == 2 and array.size:
+            low, high = int(array.min()), int(array.max())
+            if low < 0 or high >= num_words:
+                raise UsageError(
+                    f"{where}: {input_name} holds token ids {low}..{high}; they must be "
+                    f"0..--num_words-1: pass --num_words={high + 1} or more"
+                )
+
+
+def _split(x, y, fraction: float, seed: int) -> tuple:
+    """((x, y) train, (x, y) validation): `fraction` of the examples held out, seeded."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    held = max(1, int(round(len(y) * fraction)))
+    if held >= len(y):
+        raise UsageError(f"--validation_split={fraction} leaves no training examples of {len(y)}")
+    train, val = np.sort(order[held:]), np.sort(order[:held])
+    return _take((x, y), train), _take((x, y), val)
+
+
+def _take(pair: tuple, index) -> tuple:
+    x, y = pair
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}, y[index]
+    return x[index], y[index]
