@@ -280,6 +280,11 @@ def _checked(where: str, split: str, x, y) -> tuple:
     for name, array in [*_flat(names["x"], x), (names["y"], y)]:
         if array.ndim == 0:
             raise UsageError(f"{where}: {name} is a single value, not one row per example")
+        if array.dtype.kind not in "biuf" and name == names["y"]:
+            raise UsageError(
+                f"{where}: {name} holds {array.dtype} values, labels that fit no task: "
+                "give integer class ids 0..N-1, or floats for regression"
+            )
         if array.dtype.kind not in "biuf":
             raise UsageError(
                 f"{where}: {name} holds {array.dtype} values; give numbers (for text: "

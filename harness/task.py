@@ -52,7 +52,7 @@ METRICS = {
 }
 DEFAULT_METRICS = {
     BINARY: ("accuracy", "auc"),
-    CATEGORICAL: ("accuracy", "top5_accuracy"),
+    CATEGORICAL: ("accuracy", "top5_accuracy"),  # ("accuracy",) up to 5 classes
     REAL: ("mae", "rmse"),
 }
 
@@ -85,13 +85,16 @@ def applies(name: str, num_classes: int | None) -> bool:
 
 def metric_names(num_classes: int | None, names: Sequence[str] = ()) -> tuple:
     """The metrics of a run: `names`, or the task's defaults (accuracy and AUC for
-    the binary task, accuracy and top-5 accuracy for more classes, MAE and RMSE for
-    regression).
+    the binary task, accuracy and top-5 accuracy for more than 5 classes, accuracy
+    for 3 to 5, MAE and RMSE for regression).
 
     Raises:
         ValueError: a name is unknown or does not apply to the task.
     """
-    names = tuple(names) or DEFAULT_METRICS[kind(num_classes)]
+    defaults = DEFAULT_METRICS[kind(num_classes)]
+    if kind(num_classes) == CATEGORICAL and num_classes <= 5:
+        defaults = ("accuracy",)  # the top 5 of 5 or fewer classes always hold the label
+    names = tuple(names) or defaults
     for name in names:
         if name not in METRICS:
             raise ValueError(

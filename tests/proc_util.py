@@ -89,6 +89,12 @@ class Harness:
                 f" stderr: {self.stderr[-2000:]}"
             ) from None
 
+    def completed(self) -> subprocess.CompletedProcess:
+        """The finished process's exit status and output (see `wait`)."""
+        return subprocess.CompletedProcess(
+            self.args, self.process.returncode, self.stdout, self.stderr
+        )
+
     def kill(self) -> None:
         """SIGKILL, if it still runs (cleanup)."""
         if self.running():

@@ -156,3 +156,10 @@ def dies_in_save(input_shape, num_classes):
         ],
         name="dies_in_save",
     )
+
+
+def ten_classes(input_spec, task):
+    """A builder of today's signature whose head is fixed at ten classes, whatever the task."""
+    inputs = keras.Input(shape=input_spec.shape[1:], dtype=input_spec.dtype)
+    features = layers.Flatten()(inputs)
+    return keras.Model(inputs, layers.Dense(10, activation="softmax")(features))
