@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -50,6 +50,53 @@ DATA_HASHES = {
     "reuters": "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916",
     "imdb": "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f",
 }
+
+
+class Batches(Protocol):
+    """The training batches a loop reads: `TrainStream` (arrays) or
+    `user_datasets.DatasetStream` (a user's tf.data pipeline).
+
+    `batches(step)` is every batch from global step `step` on. The tape loop reads
+    `full_batches(step)` (static batch size) and, where `next_partial_step` says so,
+    `partial_batches(step)`; a stream without static shapes gives every batch from
+    `full_batches`, `partial_size` 0 and no partial steps.
+    """
+
+    partial_size: int
+
+    def batches(self, start_step: int = 0) -> tf.data.Dataset: ...
+
+    def full_batches(self, start_step: int = 0) -> tf.data.Dataset: ...
+
+    def partial_batches(self, start_step: int = 0) -> tf.data.Dataset: ...
+
+    def next_partial_step(self, step: int) -> int | None: ...
+
+
+class RunData(Protocol):
+    """What a run reads its data from: `Splits` (arrays) or `user_datasets.DatasetSplits`."""
+
+    num_classes: int | None  # None: regression
+    vocabulary: tuple | None
+
+    @property
+    def train_size(self) -> int: ...
+
+    @property
+    def val_size(self) -> int: ...
+
+    @property
+    def targets(self) -> int: ...
+
+    def probe(self, size: int) -> tuple: ...
+
+    def input_spec(self): ...
+
+    def features(self): ...
+
+    def stream(self, batch_size: int, seed: int) -> Batches: ...
+
+    def validation(self, batch_size: int) -> tf.data.Dataset: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +124,29 @@ class Splits:
     def probe(self, size: int) -> tuple:
         """The first `size` training examples, as one fixed (x, y) batch."""
         return tf.nest.map_structure(lambda a: a[:size], (self.x_train, self.y_train))
+
+    @property
+    def targets(self) -> int:
+        """The values a regression example has (1 for classification)."""
+        return 1 if self.num_classes is not None else int(np.prod(self.y_train.shape[1:]))
+
+    def input_spec(self):
+        """The `tf.TensorSpec` of a batch of inputs (a dict of them for named inputs)."""
+        return tf.nest.map_structure(
+            lambda a: tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)), self.x_train
+        )
+
+    def features(self):
+        """The training inputs, for a preprocessing layer's `adapt`."""
+        return self.x_train
+
+    def stream(self, batch_size: int, seed: int) -> "TrainStream":
+        """The training batches (see `TrainStream`)."""
+        return TrainStream(self.x_train, self.y_train, batch_size=batch_size, seed=seed)
+
+    def validation(self, batch_size: int) -> tf.data.Dataset:
+        """The validation batches in a fixed order."""
+        return validation_dataset(self.x_val, self.y_val, batch_size=batch_size)
 
 
 def num_examples(x) -> int:

@@ -149,8 +149,8 @@ def conv2d(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None)
 def mlp(input_shape: tuple, task: SingleOutput, num_words: int, x_train=None) -> keras.Model:
     """Normalization (adapted to the training features) -> Dense(64) x 2 -> head."""
     normalization = layers.Normalization()
-    if x_train is not None:
-        normalization.adapt(np.asarray(x_train, dtype="float32"))
+    if x_train is not None:  # arrays, or a tf.data.Dataset of batches
+        normalization.adapt(x_train)
     return keras.Sequential(
         [
             keras.Input(shape=input_shape, dtype="float32"),
@@ -181,13 +181,6 @@ NEW_STYLE = (
     "input_spec",
     "task",
 )  # a user builder's parameters; others get (input_shape, num_classes)
-
-
-def input_spec(x) -> tf.TensorSpec | dict:
-    """The spec (batch dimension None, shape and dtype) of an array or a dict of arrays."""
-    return tf.nest.map_structure(
-        lambda a: tf.TensorSpec((None, *np.shape(a)[1:]), tf.as_dtype(a.dtype)), x
-    )
 
 
 def token_spec(length: int) -> tf.TensorSpec:

@@ -192,7 +192,7 @@ def _train_in(
     config: Config,
     run_dir: str,
     model: keras.Model,
-    splits: data.Splits,
+    splits: data.RunData,
     run_task: task.Task,
     steps_per_epoch: int,
     checkpointing: Checkpointing,
@@ -244,12 +244,10 @@ def _train_in(
                 f"harness: warning: skipped {damaged} damaged stretch(es) of event "
                 "records; the summaries in them are lost, the rest are kept"
             )
-    validation = data.validation_dataset(splits.x_val, splits.y_val, batch_size=config.batch_size)
+    validation = splits.validation(config.batch_size)
     if config.validation_steps:
         validation = validation.take(config.validation_steps)
-    stream = data.TrainStream(
-        splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed
-    )
+    stream = splits.stream(config.batch_size, config.seed)
     callback_list = keras.callbacks.CallbackList(
         [
             metrics_state,
@@ -294,7 +292,7 @@ def _train_in(
 
 
 def _export(
-    run_dir: str, model: keras.Model, splits: data.Splits, print_fn: Callable[[str], None]
+    run_dir: str, model: keras.Model, splits: data.RunData, print_fn: Callable[[str], None]
 ) -> None:
     """Exports the model in memory with the best weights (see export.saved_model)."""
     sample_input = splits.probe(1)[0]
@@ -340,7 +338,7 @@ def _stopped(stop: Exception, run_dir: str, manager: tf.train.CheckpointManager)
     )
 
 
-def _load_data(config: Config, run_dir: str) -> data.Splits:
+def _load_data(config: Config, run_dir: str) -> data.RunData:
     """The run's data: the multi-output tickets, or what --dataset names (a resumed
     run's text keeps its vocabulary)."""
     if config.model == "multi_io":
@@ -354,15 +352,14 @@ def _load_data(config: Config, run_dir: str) -> data.Splits:
     return sources.load(config, run_dir if config.resume else None)
 
 
-def _task(config: Config, splits: data.Splits) -> task.Task:
+def _task(config: Config, splits: data.RunData) -> task.Task:
     """What the run trains for: the tickets, or what the labels call for."""
     if config.model == "multi_io":
         return multi_io.Tickets(config.classes, dict(config.loss_weights))
-    targets = splits.y_train.shape[-1] if splits.num_classes is task.REGRESSION else 1
-    return task.SingleOutput(splits.num_classes, targets)
+    return task.SingleOutput(splits.num_classes, splits.targets)
 
 
-def _compiled_model(config: Config, run_task: task.Task, splits: data.Splits) -> keras.Model:
+def _compiled_model(config: Config, run_task: task.Task, splits: data.RunData) -> keras.Model:
     """Builds and compiles the model; rejects a --monitor it does not log."""
     try:
         compile_args, log_keys = run_task.compile_args(config.metrics)
@@ -377,10 +374,10 @@ def _compiled_model(config: Config, run_task: task.Task, splits: data.Splits) ->
     keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
     model = models.build(
         config.model,
-        models.input_spec(splits.x_train),
+        splits.input_spec(),
         run_task,
         config.num_words,
-        splits.x_train,
+        splits.features(),
     )
     model.compile(
         optimizer=task.optimizer(config.optimizer, config.learning_rate, config.clip_norm),
@@ -399,7 +396,7 @@ def _compiled_model(config: Config, run_task: task.Task, splits: data.Splits) ->
 def _callbacks(
     config: Config,
     run_dir: str,
-    splits: data.Splits,
+    splits: data.RunData,
     schedule: loops.Schedule,
     print_fn: Callable[[str], None],
 ) -> list:

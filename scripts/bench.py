@@ -115,18 +115,9 @@ class Settings:
 
     def splits(self) -> "Splits":
         """The harness's data for these settings, as the harness loads it."""
-        from harness import data
+        from harness import sources
 
-        config = self.config("fit", logging=False, logdir="logs", run_name="data")
-        return data.load(
-            config.dataset,
-            num_words=config.num_words,
-            max_len=config.max_len,
-            seed=config.seed,
-            num_classes=config.classes,
-            num_examples=config.num_examples,
-            data_dir=config.data_dir,
-        )
+        return sources.load(self.config("fit", logging=False, logdir="logs", run_name="data"))
 
 
 def own_process(knob: str) -> bool:
