@@ -12,7 +12,9 @@ same batch at each global step:
   `TextVectorization` adapted to the training split (`--num_words`, `--max_len`),
   whose vocabulary the run directory keeps (a resumed run reuses it).
 - `package.module:function`: called with no arguments (or `seed=`), returning the
-  arrays as a dict like the .npz, or `((x_train, y_train), (x_val, y_val))`.
+  arrays as a dict like the .npz, or `((x_train, y_train), (x_val, y_val))`, or a
+  pair of `tf.data.Dataset`s of unbatched (x, y) examples, which become
+  `user_datasets.DatasetSplits` (streamed, not held in memory).
 
 Labels choose the task (`task.for_labels`): integer classes or float targets.
 """
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from harness import catalog, data, task, user_code
+from harness import catalog, data, task, user_code, user_datasets
 from harness.callbacks import files
 from harness.config import Config
 from harness.errors import UsageError
@@ -35,11 +37,12 @@ ARRAYS_HELP = (
     "arrays x_train, y_train and x_val, y_val (or x_test, y_test; named inputs as x_train/<name>)"
 )
 FUNCTION_HELP = (
-    "return ((x_train, y_train), (x_val, y_val)) or a dict of x_train, y_train, x_val, y_val arrays"
+    "return ((x_train, y_train), (x_val, y_val)), a dict of x_train, y_train, x_val, y_val "
+    "arrays, or (train, validation) tf.data.Datasets of unbatched (x, y) examples"
 )
 
 
-def load(config: Config, run_dir: str | None = None) -> data.Splits:
+def load(config: Config, run_dir: str | None = None) -> data.RunData:
     """The run's data as `config.dataset` names it; `run_dir`: the run being resumed
     (its saved vocabulary is reused).
 
@@ -58,10 +61,12 @@ def load(config: Config, run_dir: str | None = None) -> data.Splits:
             num_examples=config.num_examples,
             data_dir=config.data_dir,
         )
+    if kind == catalog.FUNCTION:
+        return from_value(
+            config, _called(config.dataset, config.seed), f"--dataset={config.dataset!r}"
+        )
     if kind == catalog.NPZ:
         arrays = _npz(config.dataset)
-    elif kind == catalog.FUNCTION:
-        arrays = _function(config.dataset, config.seed)
     elif kind == catalog.IMAGE_FOLDER:
         arrays = _image_folder(config.dataset, config.image_size or IMAGE_SIZE)
     else:
@@ -69,10 +74,35 @@ def load(config: Config, run_dir: str | None = None) -> data.Splits:
     return from_arrays(config, arrays)
 
 
-def from_arrays(config: Config, arrays: Mapping) -> data.Splits:
+def from_value(config: Config, value, where: str) -> data.RunData:
+    """The run data of what a data function returned (or the Python API was given):
+    a pair of datasets, ((x_train, y_train), (x_val, y_val)) or a dict of arrays."""
+    if user_datasets.is_pair(value):
+        if config.validation_split:
+            raise UsageError(
+                f"{where} gives validation data of its own; drop --validation_split "
+                "(to hold some out, split the datasets with .take() and .skip())"
+            )
+        return user_datasets.DatasetSplits(where, *value, config.task, config.num_examples)
+    if isinstance(value, Mapping) or hasattr(value, "files"):  # a dict or an NpzFile
+        keys = value.files if hasattr(value, "files") else list(value)
+        arrays = _gathered(where, {k: value[k] for k in keys}, FUNCTION_HELP)
+    elif (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in value)
+    ):
+        (x_train, y_train), (x_val, y_val) = value
+        arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    else:
+        raise UsageError(f"{where} returned {_describe(value)}; {FUNCTION_HELP}")
+    return from_arrays(config, arrays, where)
+
+
+def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> data.Splits:
     """`Splits` of a dict of x_train, y_train (and x_val, y_val) arrays, checked,
     split with --validation_split, cut to --num_examples; the task from the labels."""
-    where = f"--dataset={config.dataset}"
+    where = where or f"--dataset={config.dataset}"
     x_train, y_train = _checked(where, "train", arrays["x_train"], arrays["y_train"])
     has_validation = arrays.get("x_val") is not None
     if has_validation and config.validation_split:
@@ -111,7 +141,7 @@ def from_arrays(config: Config, arrays: Mapping) -> data.Splits:
     )
 
 
-def save_vocabulary(splits: data.Splits, run_dir: str) -> None:
+def save_vocabulary(splits: data.RunData, run_dir: str) -> None:
     """Keeps a text folder's vocabulary in the run directory (one token per line)."""
     if splits.vocabulary:
         files.write_text(os.path.join(run_dir, VOCABULARY_FILE), "\n".join(splits.vocabulary))
@@ -169,25 +199,13 @@ def _gathered(where: str, arrays: Mapping, needed: str) -> dict:
     }
 
 
-def _function(path: str, seed: int) -> dict:
-    """The arrays a user's function returns."""
+def _called(path: str, seed: int):
+    """What a user's data function returns (called with `seed=` if it takes one)."""
     function = user_code.import_function("dataset", path, "a data function")
     params = user_code.parameters(function) or []
     args = (seed,) if "seed" in params else ()
     call = (lambda s: function(seed=s)) if args else function
-    returned = user_code.call("dataset", path, call, args, what="a data function", exit_code=2)
-    where = f"--dataset={path!r}"
-    if isinstance(returned, Mapping) or hasattr(returned, "files"):  # a dict or an NpzFile
-        keys = returned.files if hasattr(returned, "files") else list(returned)
-        return _gathered(where, {k: returned[k] for k in keys}, FUNCTION_HELP)
-    if (
-        isinstance(returned, tuple | list)
-        and len(returned) == 2
-        and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in returned)
-    ):
-        (x_train, y_train), (x_val, y_val) = returned
-        return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
-    raise UsageError(f"{where} returned {_describe(returned)}; {FUNCTION_HELP}")
+    return user_code.call("dataset", path, call, args, what="a data function", exit_code=2)
 
 
 def _describe(value) -> str:

@@ -19,10 +19,17 @@ EPOCHS = 2
 SOURCES = {
     "npz": (lambda made, shared: str(shared / "boston_housing.npz"), {"validation_split": 0.2}),
     "function": (lambda made, shared: "tests.user_data:boston", {}),
+    "datasets": (lambda made, shared: "tests.user_data:digits_datasets", {}),
     "images": (lambda made, shared: str(made / "digits"), {"image_size": (8, 8)}),
     "text": (lambda made, shared: str(made / "news"), {"num_words": 2000, "max_len": 60}),
 }
-TASK_METRIC = {"npz": "mae", "function": "mae", "images": "accuracy", "text": "accuracy"}
+TASK_METRIC = {
+    "npz": "mae",
+    "function": "mae",
+    "datasets": "accuracy",
+    "images": "accuracy",
+    "text": "accuracy",
+}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +166,22 @@ def _bad_data(root: Path) -> dict:
         "missing-file": (str(root / "absent.npz"), [], ["no such file"]),
         "function-returns-wrong": ("tests.user_data:returns_a_list", [], ["returned a list"]),
         "function-mismatched": ("tests.user_data:mismatched", [], ["differ in length"]),
+        "datasets-repeated-forever": (
+            "tests.user_data:datasets_repeated_forever",
+            [],
+            ["train dataset repeats forever", "drop .repeat()"],
+        ),
+        "datasets-batched": (
+            "tests.user_data:datasets_batched",
+            [],
+            ["looks batched", "drop .batch()"],
+        ),
+        "datasets-of-dicts": ("tests.user_data:datasets_of_dicts", [], ["give (x, y) examples"]),
+        "datasets-with-validation-split": (
+            "tests.user_data:digits_datasets",
+            ["--validation_split=0.2"],
+            ["validation data of its own", "drop --validation_split"],
+        ),
         "task-forced-on-a-folder": (str(texts), ["--task=regression"], ["--task"]),
         "model-does-not-fit": (
             "tests.user_data:boston",
@@ -198,6 +221,10 @@ BAD_CASES = [
     "missing-file",
     "function-returns-wrong",
     "function-mismatched",
+    "datasets-repeated-forever",
+    "datasets-batched",
+    "datasets-of-dicts",
+    "datasets-with-validation-split",
     "task-forced-on-a-folder",
     "model-does-not-fit",
 ]

@@ -2,6 +2,8 @@
 
 - `boston` / `boston_seeded`: `--dataset=package.module:function` sources of the
   Boston housing regression data (Keras's boston_housing.npz in the shared folder).
+- `digits_datasets`: a function source returning a pair of `tf.data.Dataset`s of
+  scikit-learn's bundled 8x8 handwritten digits, shuffled with the run's seed.
 - `digits_folder`: a class-per-folder tree of PNG images of scikit-learn's bundled
   8x8 handwritten digits.
 - `newswire_folder`: a class-per-folder tree of .txt files of real Reuters
@@ -59,6 +61,48 @@ def mismatched():
     """x_train and y_train of different lengths."""
     (x_train, y_train), validation = boston()
     return (x_train, y_train[:-4]), validation
+
+
+def _digits_arrays() -> tuple:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images / 16.0)[..., None], digits.target
+
+
+def digits_datasets(seed):
+    """(train, validation) `tf.data.Dataset`s of unbatched (8x8x1 image, digit) examples:
+    the first 400 digits, shuffled once with `seed` (the same order on every read), and
+    the next 100."""
+    import tensorflow as tf
+
+    images, labels = _digits_arrays()
+    train = tf.data.Dataset.from_tensor_slices((images[:400], labels[:400]))
+    train = train.shuffle(400, seed=seed, reshuffle_each_iteration=False)
+    return train, tf.data.Dataset.from_tensor_slices((images[400:500], labels[400:500]))
+
+
+def datasets_repeated_forever():
+    """A training dataset that never ends."""
+    train, val = digits_datasets(0)
+    return train.repeat(), val
+
+
+def datasets_batched():
+    """Datasets batched already."""
+    train, val = digits_datasets(0)
+    return train.batch(16), val.batch(16)
+
+
+def datasets_of_dicts():
+    """Datasets whose elements are dicts, not (x, y) pairs."""
+    import tensorflow as tf
+
+    images, labels = _digits_arrays()
+    features = {"pixels": images[:100], "digit": labels[:100]}
+    return tf.data.Dataset.from_tensor_slices(features), tf.data.Dataset.from_tensor_slices(
+        features
+    )
 
 
 def digits_folder(root: Path, per_class: int = 30, validation_per_class: int = 8) -> Path:
