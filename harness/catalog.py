@@ -15,13 +15,17 @@ BUILTIN_DATASETS = ("synthetic", "reuters", "imdb")
 DATA_FILES = {"reuters": "reuters.npz", "imdb": "imdb.npz"}
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # What --dataset may name, and how it is read (see harness.sources).
-BUILTIN, FUNCTION, NPZ, TEXT_FOLDER, IMAGE_FOLDER = (
+BUILTIN, FUNCTION, NPZ, TEXT_FOLDER, IMAGE_FOLDER, GIVEN = (
     "builtin",
     "function",
     "npz",
     "text folder",
     "image folder",
+    "given",
 )
+# How a run records the objects given to harness.train(model=..., data=...): its
+# --model and --dataset become "given:<name>".
+GIVEN_PREFIX = "given:"
 # The files Keras's folder loaders read.
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 TEXT_SUFFIXES = (".txt",)
@@ -66,7 +70,8 @@ def check_max_len(model: str, max_len: int) -> None:
 
 
 def dataset_kind(dataset: str) -> str:
-    """How --dataset is read: BUILTIN, FUNCTION, NPZ, TEXT_FOLDER or IMAGE_FOLDER.
+    """How --dataset is read: BUILTIN, FUNCTION, NPZ, TEXT_FOLDER, IMAGE_FOLDER or
+    GIVEN (data passed to harness.train).
 
     Raises:
         UsageError: it names none of these, a missing file or folder, or a folder
@@ -74,6 +79,8 @@ def dataset_kind(dataset: str) -> str:
     """
     if dataset in BUILTIN_DATASETS:
         return BUILTIN
+    if dataset.startswith(GIVEN_PREFIX):
+        return GIVEN
     if IMPORT_PATH.match(dataset):
         return FUNCTION
     if dataset.endswith(".npz"):

@@ -491,7 +491,7 @@ def _multi_io_rules(config: Config) -> None:
 def _user_data_rules(config: Config) -> None:
     """The options that apply to some kinds of --dataset only."""
     kind = catalog.dataset_kind(config.dataset)
-    if config.task != "auto" and kind not in (catalog.NPZ, catalog.FUNCTION):
+    if config.task != "auto" and kind not in (catalog.NPZ, catalog.FUNCTION, catalog.GIVEN):
         raise UsageError(
             f"--task={config.task} applies to .npz and function data; "
             f"--dataset={config.dataset} is classification"

@@ -209,9 +209,10 @@ def describe(spec) -> str:
     return "[" + ", ".join(["batch", *map(str, spec.shape[1:])]) + "]"
 
 
-def build(name: str, spec, task: Task, num_words: int, x_train=None) -> keras.Model:
+def build(name: str, spec, task: Task, num_words: int, x_train=None, given=None) -> keras.Model:
     """Builds a built-in model for the input `spec` by name, or calls a user's
-    `package.module:function`; `x_train` adapts the MLP's normalization.
+    builder: `given` (the Python API's `model=`, a builder or a `keras.Model`) or the
+    `package.module:function` that `name` is; `x_train` adapts the MLP's normalization.
 
     A user's model is checked at once, before anything is written: called on a
     batch of the task's input, its outputs must fit the task and it must have
@@ -223,7 +224,7 @@ def build(name: str, spec, task: Task, num_words: int, x_train=None) -> keras.Mo
         UserCodeError: the user's builder (or the module it is in) raised; the
             error carries the frames of the user's code.
     """
-    if name in BUILTIN:
+    if given is None and name in BUILTIN:
         kind = input_kind(spec)
         if kind not in BUILTIN[name]:
             fitting = [n for n, builders in BUILTIN.items() if kind in builders]
@@ -235,7 +236,22 @@ def build(name: str, spec, task: Task, num_words: int, x_train=None) -> keras.Mo
             )
         shape = spec if kind == NAMED else tuple(spec.shape[1:])
         return BUILTIN[name][kind](shape, task, num_words, x_train)
-    builder = user_code.import_function(
+    where = "model=" if given is not None else f"--model={name!r}"
+    if isinstance(given, keras.Model):
+        if tf.distribute.has_strategy():
+            raise UsageError(
+                "model= is a model built already; under a distribution strategy give a "
+                "builder (input_spec, task) -> keras.Model, so that its variables are "
+                "made in the strategy's scope"
+            )
+        check_fits_task(where, given, spec, task)
+        return given
+    if given is not None and (isinstance(given, layers.Layer) or not callable(given)):
+        raise UsageError(
+            f"model= is a {type(given).__name__}; give a keras.Model or a builder "
+            "(input_spec, task) -> keras.Model"
+        )
+    builder = given or user_code.import_function(
         "model", name, "a builder (input_spec, task) -> keras.Model"
     )
     params = user_code.parameters(builder)
@@ -243,24 +259,36 @@ def build(name: str, spec, task: Task, num_words: int, x_train=None) -> keras.Mo
         args = (spec, task)
     elif isinstance(spec, dict) or not isinstance(task, SingleOutput):
         raise UsageError(
-            f"--model={name!r} takes ({', '.join(params or ())}); for this data the builder "
+            f"{where} takes ({', '.join(params or ())}); for this data the builder "
             "must take (input_spec, task)"
         )
     else:
         args = (tuple(spec.shape[1:]), task.num_classes)
         if params is not None and not _binds(builder, args):
             raise UsageError(
-                f"--model={name!r} takes ({', '.join(params)}), not a builder "
+                f"{where} takes ({', '.join(params)}), not a builder "
                 "(input_spec, task) or (input_shape, num_classes) -> keras.Model"
             )
-    model = user_code.call("model", name, builder, args, what="a model builder")
+    model = user_code.call(where, builder, args, what="a model builder")
     if not isinstance(model, keras.Model):
         raise UsageError(
-            f"--model={name!r} returned {type(model).__name__}, not a "
+            f"{where} returned {type(model).__name__}, not a "
             "keras.Model: the builder must return a model"
         )
-    check_fits_task(name, model, spec, task)
+    check_fits_task(where, model, spec, task)
     return model
+
+
+def compiled_args(model: keras.Model) -> dict | None:
+    """The loss, loss weights and metrics a user compiled `model` with (None: not
+    compiled), for the harness to compile it again with its own optimizer."""
+    if not model.compiled:
+        return None
+    # Keras 3 keeps compile()'s arguments as given; get_compile_config() would
+    # serialize them, which a user's custom loss or metric may not support.
+    given = model._compile_config.config
+    keys = ("loss", "loss_weights", "metrics", "weighted_metrics")
+    return {key: given[key] for key in keys if given.get(key) is not None}
 
 
 def _binds(function: Callable, args: tuple) -> bool:
@@ -271,7 +299,7 @@ def _binds(function: Callable, args: tuple) -> bool:
     return True
 
 
-def check_fits_task(name: str, model: keras.Model, spec, task: Task) -> None:
+def check_fits_task(where: str, model: keras.Model, spec, task: Task) -> None:
     """Raises UsageError unless `model`, called on a batch of zeros shaped by `spec`,
     gives outputs that fit `task` and has trainable weights."""
     batch = tf.nest.map_structure(
@@ -281,16 +309,16 @@ def check_fits_task(name: str, model: keras.Model, spec, task: Task) -> None:
         outputs = model(batch, training=False)
     except Exception as error:  # noqa: BLE001 - a model that cannot take the input
         raise UsageError(
-            f"--model={name!r}: the model fails on the task's input "
+            f"{where}: the model fails on the task's input "
             f"({_dtypes(spec)} {describe(spec)}): "
             f"{type(error).__name__}: {user_code.one_line(error)}"
         ) from None
     problem = task.check_outputs(outputs, 2)
     if problem:
-        raise UsageError(f"--model={name!r} {problem}")
+        raise UsageError(f"{where} {problem}")
     if not model.trainable_weights:
         raise UsageError(
-            f"--model={name!r} has no trainable weights: there is nothing to "
+            f"{where} has no trainable weights: there is nothing to "
             "train (are all its layers frozen, trainable=False?)"
         )
 

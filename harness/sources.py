@@ -37,7 +37,7 @@ ARRAYS_HELP = (
     "arrays x_train, y_train and x_val, y_val (or x_test, y_test; named inputs as x_train/<name>)"
 )
 FUNCTION_HELP = (
-    "return ((x_train, y_train), (x_val, y_val)), a dict of x_train, y_train, x_val, y_val "
+    "give ((x_train, y_train), (x_val, y_val)), a dict of x_train, y_train, x_val, y_val "
     "arrays, or (train, validation) tf.data.Datasets of unbatched (x, y) examples"
 )
 
@@ -60,6 +60,11 @@ def load(config: Config, run_dir: str | None = None) -> data.RunData:
             num_classes=config.classes,
             num_examples=config.num_examples,
             data_dir=config.data_dir,
+        )
+    if kind == catalog.GIVEN:
+        raise UsageError(
+            f"--dataset={config.dataset} names data given to harness.train(data=...); "
+            "give the data again"
         )
     if kind == catalog.FUNCTION:
         return from_value(
@@ -95,7 +100,7 @@ def from_value(config: Config, value, where: str) -> data.RunData:
         (x_train, y_train), (x_val, y_val) = value
         arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
     else:
-        raise UsageError(f"{where} returned {_describe(value)}; {FUNCTION_HELP}")
+        raise UsageError(f"{where} gave {_describe(value)}; {FUNCTION_HELP}")
     return from_arrays(config, arrays, where)
 
 
@@ -205,7 +210,7 @@ def _called(path: str, seed: int):
     params = user_code.parameters(function) or []
     args = (seed,) if "seed" in params else ()
     call = (lambda s: function(seed=s)) if args else function
-    return user_code.call("dataset", path, call, args, what="a data function", exit_code=2)
+    return user_code.call(f"--dataset={path!r}", call, args, what="a data function", exit_code=2)
 
 
 def _describe(value) -> str:

@@ -8,6 +8,7 @@ is touched.
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from harness import (
+    catalog,
     data,
     devices,
     distribute,
@@ -77,6 +79,8 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     *,
     run_dir: str | None = None,
+    model: keras.Model | Callable | None = None,
+    data: tuple | None = None,
 ) -> Result:
     """Trains the model `config` describes and returns where it went and how it did.
 
@@ -87,6 +91,13 @@ def train(
         run_dir: what `rundir.plan(config)` returned, where the caller checked the
             run directory already (the entrypoint does, before TensorFlow loads);
             None: it is checked here.
+        model: a `keras.Model`, or a builder `(input_spec, task) -> keras.Model`,
+            trained instead of `config.model`; one compiled already keeps its loss
+            and metrics. Recorded as model "given:<its name>".
+        data: `((x_train, y_train), (x_val, y_val))` arrays, a dict of them as an
+            .npz holds, or a pair of `tf.data.Dataset`s of unbatched (x, y)
+            examples, trained on instead of `config.dataset` (recorded as
+            "given:data"). A resumed run must be given the same model and data.
 
     Raises:
         UsageError: a bad value or combination; nothing has been written then.
@@ -94,6 +105,7 @@ def train(
         HarnessError: the loss became NaN or Inf; no checkpoint or best model
             was written from that step on.
     """
+    config = _with_given(config, model, data)
     if not config.validated:  # the entrypoint's configs are validated before TF loads
         config.validate()
     threads_line = devices.configure_threads(config.intra_op_threads, config.inter_op_threads)
@@ -123,6 +135,7 @@ def train(
                 [device_line, threads_line, distribute.describe(strategy)],
                 list(callbacks),
                 metrics_state,
+                (model, data),
             )
     finally:
         if not chief:
@@ -137,12 +150,15 @@ def _train(
     startup_lines: list,
     user_callbacks: list,
     metrics_state: EpochMetricsState,
+    given: tuple,
 ) -> Result:
-    """Everything of `train` that runs inside the strategy's scope."""
+    """Everything of `train` that runs inside the strategy's scope; `given`: the
+    (model, data) objects passed to `train`."""
+    given_model, given_data = given
     keras.utils.set_random_seed(config.seed)
-    splits = _load_data(config, run_dir)
+    splits = _load_data(config, run_dir, given_data)
     run_task = _task(config, splits)
-    model = _compiled_model(config, run_task, splits)
+    model = _compiled_model(config, run_task, splits, given_model)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
@@ -338,9 +354,24 @@ def _stopped(stop: Exception, run_dir: str, manager: tf.train.CheckpointManager)
     )
 
 
-def _load_data(config: Config, run_dir: str) -> data.RunData:
-    """The run's data: the multi-output tickets, or what --dataset names (a resumed
-    run's text keeps its vocabulary)."""
+def _with_given(config: Config, model, given_data) -> Config:
+    """`config` naming the model and data given to `train`, as "given:<name>"."""
+    changes = {}
+    if model is not None:
+        name = model.name if isinstance(model, keras.Model) else getattr(model, "__name__", "")
+        changes["model"] = catalog.GIVEN_PREFIX + (
+            re.sub(r"\W", "_", name).lstrip("0123456789_") or "model"
+        )
+    if given_data is not None:
+        changes["dataset"] = catalog.GIVEN_PREFIX + "data"
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _load_data(config: Config, run_dir: str, given_data) -> data.RunData:
+    """The run's data: the multi-output tickets, the data given to `train`, or what
+    --dataset names (a resumed run's text keeps its vocabulary)."""
+    if given_data is not None:
+        return sources.from_value(config, given_data, "data=")
     if config.model == "multi_io":
         return multi_io.synthetic(
             num_examples=config.num_examples,
@@ -359,18 +390,15 @@ def _task(config: Config, splits: data.RunData) -> task.Task:
     return task.SingleOutput(splits.num_classes, splits.targets)
 
 
-def _compiled_model(config: Config, run_task: task.Task, splits: data.RunData) -> keras.Model:
-    """Builds and compiles the model; rejects a --monitor it does not log."""
+def _compiled_model(
+    config: Config, run_task: task.Task, splits: data.RunData, given_model
+) -> keras.Model:
+    """Builds and compiles the model (a user's compiled model keeps its loss and
+    metrics, with the harness's optimizer); rejects a --monitor it does not log."""
     try:
         compile_args, log_keys = run_task.compile_args(config.metrics)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    monitorable = [*log_keys, *(f"val_{name}" for name in log_keys)]
-    if config.monitor not in monitorable:
-        raise UsageError(
-            f"--monitor={config.monitor!r} is not a metric of this run: use one "
-            f"of {', '.join(monitorable)}"
-        )
     keras.mixed_precision.set_global_policy(task.precision_policy(config.mixed_precision))
     model = models.build(
         config.model,
@@ -378,13 +406,28 @@ def _compiled_model(config: Config, run_task: task.Task, splits: data.RunData) -
         run_task,
         config.num_words,
         splits.features(),
+        given=given_model,
     )
+    users = models.compiled_args(model)
+    if users is not None and config.metrics:
+        raise UsageError(
+            f"--metrics={','.join(config.metrics)} does not apply: the model is compiled "
+            "with metrics of its own; drop --metrics, or compile it without them"
+        )
     model.compile(
         optimizer=task.optimizer(config.optimizer, config.learning_rate, config.clip_norm),
-        **compile_args,
+        **(users if users is not None else compile_args),
         jit_compile=config.jit_compile,
         steps_per_execution=config.execution_steps,
     )
+    if users is not None:
+        log_keys = loops.metric_names(model, splits.probe(2))
+    monitorable = [*log_keys, *(f"val_{name}" for name in log_keys)]
+    if config.monitor not in monitorable:
+        raise UsageError(
+            f"--monitor={config.monitor!r} is not a metric of this run: use one "
+            f"of {', '.join(monitorable)}"
+        )
     if config.lr_halve_epochs:
         try:
             LearningRateHalving.check(model.optimizer)

@@ -45,22 +45,20 @@ def import_function(flag: str, path: str, what: str) -> Callable:
     return function
 
 
-def call(
-    flag: str, path: str, function: Callable, args: tuple, *, what: str, exit_code: int = 1
-) -> Any:
+def call(where: str, function: Callable, args: tuple, *, what: str, exit_code: int = 1) -> Any:
     """`function(*args)`; an error in the user's code becomes a UserCodeError carrying
     its frames (exit status `exit_code`), an error in a library function a UsageError:
-    it is not `what` (e.g. 'a model builder') the flag takes."""
+    it is not `what` (e.g. 'a model builder') that `where` (e.g. "--model='m:f'") takes."""
     try:
         return function(*args)
     except Exception as error:  # the user's code: any error, shown with its frames
         if not is_user_code(function):  # e.g. os.path:join, a library function
             raise UsageError(
-                f"--{flag}={path!r} is not {what}: calling it raised "
+                f"{where} is not {what}: calling it raised "
                 f"{type(error).__name__}: {one_line(error)}"
             ) from None
         raised = UserCodeError(
-            f"--{flag}={path!r}: the {what.split()[-1]} raised {type(error).__name__}: "
+            f"{where}: the {what.split()[-1]} raised {type(error).__name__}: "
             f"{one_line(error)} (its traceback is above)",
             user_frames(error),
         )

@@ -164,7 +164,11 @@ def _bad_data(root: Path) -> dict:
         "one-class": (str(root / "one-class.npz"), [], ["1 class(es)"]),
         "no-validation": (str(root / "no-validation.npz"), [], ["--validation_split"]),
         "missing-file": (str(root / "absent.npz"), [], ["no such file"]),
-        "function-returns-wrong": ("tests.user_data:returns_a_list", [], ["returned a list"]),
+        "function-returns-wrong": (
+            "tests.user_data:returns_a_list",
+            [],
+            ["gave a list of 3", "tf.data.Datasets"],
+        ),
         "function-mismatched": ("tests.user_data:mismatched", [], ["differ in length"]),
         "datasets-repeated-forever": (
             "tests.user_data:datasets_repeated_forever",

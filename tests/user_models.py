@@ -163,3 +163,32 @@ def ten_classes(input_spec, task):
     inputs = keras.Input(shape=input_spec.shape[1:], dtype=input_spec.dtype)
     features = layers.Flatten()(inputs)
     return keras.Model(inputs, layers.Dense(10, activation="softmax")(features))
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class GatedDense(layers.Layer):
+    """A custom layer, registered so that `best.keras` loads back: a dense layer whose
+    output a learned sigmoid gate scales."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = layers.Dense(units, activation="relu")
+        self.gate = layers.Dense(units, activation="sigmoid")
+
+    def call(self, inputs):
+        return self.dense(inputs) * self.gate(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def compiled_regressor(input_spec, task):
+    """A feature-vector regressor with custom layers, compiled with its own loss and
+    metrics (the harness keeps them, with its own optimizer)."""
+    inputs = keras.Input(shape=input_spec.shape[1:], dtype=input_spec.dtype)
+    hidden = layers.Normalization()(inputs)
+    hidden = GatedDense(16)(hidden)
+    model = keras.Model(inputs, layers.Dense(task.units)(GatedDense(8)(hidden)), name="gated")
+    model.compile(loss=keras.losses.Huber(delta=5.0), metrics=["mae"])
+    return model

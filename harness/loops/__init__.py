@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError
-from harness.loops.base import Loop, Schedule, build_metrics
+from harness.loops.base import Loop, Schedule, build_metrics, metric_names
 from harness.loops.fit import FitLoop
 from harness.loops.tape import TapeLoop
 from harness.loops.train_on_batch import TrainOnBatchLoop
@@ -18,7 +18,17 @@ from harness.loops.train_on_batch import TrainOnBatchLoop
 if TYPE_CHECKING:
     from harness.config import Config
 
-__all__ = ["LOOPS", "MODES", "Loop", "Schedule", "build_metrics", "check", "get", "run"]
+__all__ = [
+    "LOOPS",
+    "MODES",
+    "Loop",
+    "Schedule",
+    "build_metrics",
+    "check",
+    "get",
+    "metric_names",
+    "run",
+]
 
 LOOPS: dict[str, type[Loop]] = {loop.mode: loop for loop in (FitLoop, TrainOnBatchLoop, TapeLoop)}
 MODES = tuple(LOOPS)

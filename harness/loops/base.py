@@ -129,6 +129,12 @@ def build_metrics(model: keras.Model, probe: tuple) -> None:
     model.reset_metrics()
 
 
+def metric_names(model: keras.Model, probe: tuple) -> list:
+    """The keys the compiled `model` logs ('loss' and its metrics' names)."""
+    build_metrics(model, probe)
+    return list(model.get_metrics_result())
+
+
 def manual_loop(model, steps, train, validation, callbacks, schedule: Schedule) -> None:
     """The epoch/step skeleton `fit` runs, driven by hand (Keras's documented way);
     `steps` trains and evaluates (see the manual loops' steps modules).
