@@ -33,6 +33,11 @@ DATASET_HELP = (
     "synthetic, reuters, imdb, a folder of class subfolders (text or images), "
     "an .npz file, or package.module:function returning the data"
 )
+# The classes of each built-in dataset (synthetic: the default of --num_classes).
+DATASET_CLASSES = {"synthetic": 46, "reuters": 46, "imdb": 2}
+# A built-in model that trains on synthetic data of its own, not --dataset's
+# (harness.models.OWN_RUNS): name -> (its outputs, its default classes, the fewest).
+OWN_DATA_MODELS = {"multi_io": (("priority", "department"), 4, 3)}
 # The shortest --max_len each built-in model takes: its convolutions and
 # poolings shrink the sequence, and a shorter one leaves nothing to convolve
 # (tests/test_loops.py checks these against the models themselves).

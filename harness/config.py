@@ -34,7 +34,7 @@ DATASETS = catalog.BUILTIN_DATASETS
 TASKS = ("auto", "classification", "regression")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-MULTI_IO_OUTPUTS = ("priority", "department")
+MULTI_IO_OUTPUTS = catalog.OWN_DATA_MODELS["multi_io"][0]
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 NAME_MAX = 255  # bytes in one file name, on every common file system
 # The README's tables, in order (see flags_doc.py).
@@ -438,18 +438,14 @@ class Config:
         return loops.get(self.mode).execution_steps(self)
 
     @property
-    def binary(self) -> bool:
-        """Whether the task is binary (one sigmoid unit) rather than N-way softmax."""
-        return self.classes == 2
-
-    @property
-    def classes(self) -> int:
-        """The number of classes the dataset has."""
+    def classes(self) -> int | None:
+        """The classes of a built-in dataset or model (None: the labels of the user's
+        data tell)."""
         if self.num_classes is not None:
             return self.num_classes
-        if self.model == "multi_io":
-            return 4  # departments
-        return 2 if self.dataset == "imdb" else 46
+        if self.model in catalog.OWN_DATA_MODELS:
+            return catalog.OWN_DATA_MODELS[self.model][1]
+        return catalog.DATASET_CLASSES.get(self.dataset)
 
 
 def _num_classes_only_synthetic(config: Config) -> None:
@@ -472,19 +468,21 @@ def _cpu_replicas_only_mirrored(config: Config) -> None:
         )
 
 
-def _multi_io_rules(config: Config) -> None:
-    """--model=multi_io trains on its own data, weighs its losses, needs 3+ departments."""
-    if config.model == "multi_io" and config.dataset != "synthetic":
+def _own_data_model_rules(config: Config) -> None:
+    """A model with data of its own (multi_io) takes no --dataset and at least its
+    fewest classes; only it weighs its outputs' losses."""
+    own = catalog.OWN_DATA_MODELS.get(config.model)
+    if own and config.dataset != "synthetic":
         raise UsageError(
-            f"--model=multi_io trains on its own synthetic tickets; "
-            f"--dataset={config.dataset} has one input: drop --dataset"
+            f"--model={config.model} trains on its own synthetic data; "
+            f"--dataset={config.dataset} is not its input: drop --dataset"
         )
-    if config.loss_weights and config.model != "multi_io":
+    if config.loss_weights and not own:
         raise UsageError("--loss_weights applies to a multi-output model (--model=multi_io) only")
-    if config.model == "multi_io" and config.num_classes is not None and config.num_classes < 3:
+    if own and config.num_classes is not None and config.num_classes < own[2]:
         raise UsageError(
             f"--num_classes={config.num_classes} is not allowed with "
-            "--model=multi_io: the departments are a softmax over at least 3"
+            f"--model={config.model}: its classes are a softmax over at least {own[2]}"
         )
 
 
@@ -518,7 +516,7 @@ def _resume_rules(config: Config) -> None:
 
 
 def _data_dir_holds_the_file(config: Config) -> None:
-    if config.dataset in catalog.DATA_FILES and config.model != "multi_io":
+    if config.dataset in catalog.DATA_FILES and config.model not in catalog.OWN_DATA_MODELS:
         catalog.check_data_dir(config.dataset, config.data_dir)
 
 
@@ -528,7 +526,7 @@ _RULES = (
     _max_len_fits_model,
     loops.check,
     _cpu_replicas_only_mirrored,
-    _multi_io_rules,
+    _own_data_model_rules,
     _user_data_rules,
     _resume_rules,
     _data_dir_holds_the_file,

@@ -170,6 +170,16 @@ def multi_io(input_spec: dict, task: Task, num_words: int, x_train=None) -> kera
     return tickets.build(input_spec["body"].shape[1], task.num_departments, num_words)
 
 
+def _tickets_run(config) -> tuple:
+    from harness import multi_io as tickets
+
+    return tickets.own_run(config)
+
+
+# Built-in models that train on data and a task of their own, not --dataset's:
+# name -> a function of the Config giving (RunData, Task).
+OWN_RUNS: dict[str, Callable[..., tuple]] = {"multi_io": _tickets_run}
+
 # Built-in model name -> {the kind of input it takes: builder}.
 BUILTIN: dict[str, dict[str, Callable[..., keras.Model]]] = {
     "sequential": {TOKENS: sequential, IMAGES: conv2d, FEATURES: mlp},

@@ -83,6 +83,20 @@ def synthetic(
     return data.Splits(x_train, y_train, x_val, y_val, num_departments)
 
 
+def own_run(config) -> tuple:
+    """(the tickets, the Tickets task) that --model=multi_io trains on, as `config`'s
+    --num_examples, --num_words, --max_len, --num_classes (departments), --loss_weights
+    and --seed say."""
+    tickets = synthetic(
+        num_examples=config.num_examples,
+        num_words=config.num_words,
+        max_len=config.max_len,
+        num_departments=config.classes,
+        seed=config.seed,
+    )
+    return tickets, Tickets(config.classes, dict(config.loss_weights))
+
+
 def compile_args(
     num_departments: int, metric_names: tuple, loss_weights: dict
 ) -> tuple[dict, list]:

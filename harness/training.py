@@ -24,7 +24,6 @@ from harness import (
     export,
     loops,
     models,
-    multi_io,
     report,
     rundir,
     sources,
@@ -156,8 +155,7 @@ def _train(
     (model, data) objects passed to `train`."""
     given_model, given_data = given
     keras.utils.set_random_seed(config.seed)
-    splits = _load_data(config, run_dir, given_data)
-    run_task = _task(config, splits)
+    splits, run_task = _data_and_task(config, run_dir, given_data)
     model = _compiled_model(config, run_task, splits, given_model)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
@@ -367,27 +365,18 @@ def _with_given(config: Config, model, given_data) -> Config:
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def _load_data(config: Config, run_dir: str, given_data) -> data.RunData:
-    """The run's data: the multi-output tickets, the data given to `train`, or what
-    --dataset names (a resumed run's text keeps its vocabulary)."""
+def _data_and_task(config: Config, run_dir: str, given_data) -> tuple:
+    """(RunData, Task): a built-in model's own (multi_io's tickets), or the data given to
+    `train` or named by --dataset (a resumed run's text keeps its vocabulary) with the
+    task its labels call for."""
+    own_run = models.OWN_RUNS.get(config.model)
+    if own_run:
+        return own_run(config)
     if given_data is not None:
-        return sources.from_value(config, given_data, "data=")
-    if config.model == "multi_io":
-        return multi_io.synthetic(
-            num_examples=config.num_examples,
-            num_words=config.num_words,
-            max_len=config.max_len,
-            num_departments=config.classes,
-            seed=config.seed,
-        )
-    return sources.load(config, run_dir if config.resume else None)
-
-
-def _task(config: Config, splits: data.RunData) -> task.Task:
-    """What the run trains for: the tickets, or what the labels call for."""
-    if config.model == "multi_io":
-        return multi_io.Tickets(config.classes, dict(config.loss_weights))
-    return task.SingleOutput(splits.num_classes, splits.targets)
+        splits = sources.from_value(config, given_data, "data=")
+    else:
+        splits = sources.load(config, run_dir if config.resume else None)
+    return splits, task.SingleOutput(splits.num_classes, splits.targets)
 
 
 def _compiled_model(

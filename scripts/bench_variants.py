@@ -164,7 +164,9 @@ def bare(variant: str, splits: data.Splits, batch_size: int, epochs: int, num_wo
     and optimizer)."""
     steps = math.ceil(splits.train_size / batch_size)
     keras.utils.set_random_seed(SEED)
-    model = models.sequential(splits.x_train.shape[1:], splits.num_classes, num_words)
+    model = models.sequential(
+        splits.x_train.shape[1:], task.SingleOutput(splits.num_classes), num_words
+    )
     recorder = Recorder(splits.train_size)
     if variant == "ceiling":
         batch = tuple(tf.constant(a) for a in splits.probe(batch_size))
