@@ -26,14 +26,16 @@ class DatasetStream:
 
     partial_size = 0
 
-    def __init__(self, train: tf.data.Dataset, batch_size: int) -> None:
+    def __init__(self, train: tf.data.Dataset, batch_size: int, cast) -> None:
         self._train = train
+        self._cast = cast
         self.batch_size = batch_size
 
     def batches(self, start_step: int = 0) -> tf.data.Dataset:
-        """Every batch, from global step `start_step` on (the skipped ones are read)."""
+        """Every batch, from global step `start_step` on (the skipped ones are read,
+        not cast)."""
         batched = self._train.batch(self.batch_size).repeat().skip(start_step)
-        return batched.prefetch(tf.data.AUTOTUNE)
+        return _cast_batches(batched, self._cast)
 
     full_batches = batches
 
@@ -70,28 +72,31 @@ class DatasetSplits:
         self.targets = fitting.targets
         self.train_size, self.val_size = len(labels["train"]), len(labels["val"])
         label_dtype = tf.float32 if self.num_classes is task.REGRESSION else tf.int32
-        self._train, self._val = (_cast(ds, label_dtype, self.targets) for ds in (train, val))
+        self._cast = _caster(label_dtype, self.targets)
+        self._train, self._val = train, val
 
     def probe(self, size: int) -> tuple:
         """The first `size` training examples, as one fixed (x, y) batch."""
-        return self._train.batch(size).take(1).get_single_element()
+        return self._cast(*self._train.batch(size).take(1).get_single_element())
 
     def input_spec(self):
         """The `tf.TensorSpec` of a batch of inputs (a dict of them for named inputs)."""
         x_spec = self._train.element_spec[0]
-        return tf.nest.map_structure(lambda s: tf.TensorSpec((None, *s.shape), s.dtype), x_spec)
+        return tf.nest.map_structure(
+            lambda s: tf.TensorSpec((None, *s.shape), _input_dtype(s.dtype)), x_spec
+        )
 
     def features(self) -> tf.data.Dataset:
         """Batches of the training inputs, for a preprocessing layer's `adapt`."""
-        return self._train.map(lambda x, y: x).batch(_SCAN_BATCH)
+        return _cast_batches(self._train.batch(_SCAN_BATCH), self._cast).map(lambda x, y: x)
 
     def stream(self, batch_size: int, seed: int) -> DatasetStream:
         """The training batches; the order is the pipeline's own (`seed` is its to use)."""
-        return DatasetStream(self._train, batch_size)
+        return DatasetStream(self._train, batch_size, self._cast)
 
     def validation(self, batch_size: int) -> tf.data.Dataset:
         """The validation batches, in the pipeline's order."""
-        return self._val.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return _cast_batches(self._val.batch(batch_size), self._cast)
 
 
 def is_pair(value) -> bool:
@@ -147,15 +152,25 @@ def _labels(ds: tf.data.Dataset) -> np.ndarray:
     return np.concatenate(batches) if batches else np.zeros((0,))
 
 
-def _cast(ds: tf.data.Dataset, label_dtype: tf.DType, targets: int) -> tf.data.Dataset:
-    """Float inputs as float32, integer inputs as int32, labels as the task takes them."""
+def _input_dtype(dtype: tf.DType) -> tf.DType:
+    """What the model's inputs take: float32 for floats, int32 token ids otherwise."""
+    return tf.float32 if dtype.is_floating else tf.int32
+
+
+def _caster(label_dtype: tf.DType, targets: int):
+    """A batch's (x, y) cast as the model takes them: float inputs as float32, integer
+    inputs as int32, labels as the task takes them ([batch] classes, [batch, targets])."""
 
     def cast(x, y):
-        x = tf.nest.map_structure(
-            lambda t: tf.cast(t, tf.float32 if t.dtype.is_floating else tf.int32), x
-        )
+        x = tf.nest.map_structure(lambda t: tf.cast(t, _input_dtype(t.dtype)), x)
         y = tf.cast(y, label_dtype)
-        y = tf.reshape(y, [targets]) if label_dtype == tf.float32 else tf.reshape(y, [])
-        return x, y
+        shape = [-1, targets] if label_dtype == tf.float32 else [-1]
+        return x, tf.reshape(y, shape)
 
-    return ds.map(cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return cast
+
+
+def _cast_batches(batches: tf.data.Dataset, cast) -> tf.data.Dataset:
+    """`batches` cast, a batch at a time (not per example: less tf.data work), prefetched."""
+    mapped = batches.map(cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return mapped.prefetch(tf.data.AUTOTUNE)

@@ -9,6 +9,8 @@ Usage, from the repository root:
     python scripts/bench.py --knobs                         # what each speed knob does
     python scripts/bench.py --batch_sizes 32,64,128,256,512 # batch-size scaling table
     python scripts/bench.py --data_scale 1,2,4,8            # data-size scaling table
+    python scripts/bench.py --source datasets --repeats 8   # a user's tf.data pipelines
+    python scripts/bench.py --source images --repeats 8     # a user's image folder
 
 The variants (`bench_variants.py`) train in this process, interleaved in a new
 seeded order each repeat; --memory, the thread knobs and the scaling points run
@@ -43,7 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from harness.config import Config  # noqa: E402  (neither imports TensorFlow)
+import bench_data  # noqa: E402  (none of these imports TensorFlow)
+
+from harness.config import Config  # noqa: E402
 from harness.errors import UsageError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -60,6 +64,21 @@ BASELINES = {  # variant: how it trains, plain Keras on the harness's data and m
     "ceiling": "the tape step in a `tf.range` loop on one in-memory batch, no validation",
 }
 VARIANTS = (*BASELINES, *(f"harness-{m}{s}" for m in MODES for s in ("", "-nolog")))
+# What the runs train on: the harness's Reuters arrays, or a user's data (bench_data.py),
+# where the bare baselines read it as a user feeds model.fit.
+SOURCES = {
+    "reuters": "Reuters through --dataset=reuters",
+    "datasets": "Reuters as a user's pair of tf.data.Datasets (a --dataset function)",
+    "images": "an image folder of 8x8 digits at --image_size 32,32",
+}
+USER_VARIANTS = (
+    "bare-fit",
+    "bare-train_on_batch",
+    "harness-fit",
+    "harness-train_on_batch",
+    "harness-tape",
+)
+IMAGE_SIZE = (32, 32)
 SCALE_VARIANTS = ("bare-fit", "harness-fit", "harness-train_on_batch", "harness-tape")
 AT_LEAST = {"epochs": 2, "repeats": 1}  # the harness's Config checks the other numbers
 THREAD_FIELDS = ("intra_op_threads", "inter_op_threads")
@@ -85,6 +104,8 @@ TARGETS = (  # (variant or None for every variant, figure, low, high, what)
     (None, "peak_rss_vs_baseline", None, 1.1, "peak RSS <= 1.1x its baseline"),
     (None, "rss_growth_ep2_to_last_mb", None, 16.0, "RSS ep2 -> last <= 16 MB"),
 )
+# On a user's data, the tape loop is held to what a user would run instead: model.fit.
+USER_TARGETS = (("harness-tape", "vs_baseline", 1.0, None, ">= 1.0x bare-fit"),)
 FAST_PERCENTILE = 90
 
 
@@ -100,15 +121,16 @@ class Settings:
     max_len: int = 300
     num_words: int = 10000
     extra: dict = dataclasses.field(default_factory=dict)  # more harness Config fields
+    source: str = "reuters"  # a key of SOURCES
 
     @property
     def train_size(self) -> int:
         """Training examples per epoch."""
-        return self.num_examples or REUTERS_TRAIN
+        return self.num_examples or bench_data.TRAIN_SIZES.get(self.source, REUTERS_TRAIN)
 
     def config(self, mode: str, *, logging: bool, logdir: str, run_name: str) -> Config:
         """The harness Config of a run: the harness's default logging, or none (`-nolog`)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("extra", "source")}
         off = {} if logging else {"summary_every_steps": 0, "histogram_freq": 0}
         run = {"mode": mode, "logdir": logdir, "run_name": run_name, "verbose": 0}
         return Config(**run, **fields, **off, **self.extra)
@@ -118,6 +140,23 @@ class Settings:
         from harness import sources
 
         return sources.load(self.config("fit", logging=False, logdir="logs", run_name="data"))
+
+    def baseline_sets(self) -> tuple | None:
+        """The bare baselines' batches of a user's data (None: of the harness's arrays)."""
+        if self.source == "reuters":
+            return None
+        image_size = self.extra.get("image_size")
+        return bench_data.baseline_sets(
+            self.source, self.dataset, self.batch_size, image_size, Config.seed
+        )
+
+    def baseline_of(self, variant: str) -> str | None:
+        """The bare loop a harness variant is compared with."""
+        if not variant.startswith("harness-"):
+            return None
+        if self.source != "reuters" and variant.startswith("harness-tape"):
+            return "bare-fit"
+        return "bare-" + variant.removeprefix("harness-").removesuffix("-nolog")
 
 
 def own_process(knob: str) -> bool:
@@ -168,6 +207,12 @@ def parse_args(argv: list) -> argparse.Namespace:
     add("--batch_sizes", type=numbers, default=[], help="scaling over batch sizes")
     add("--data_scale", type=numbers, default=[], help="scaling over K x Reuters's size")
     add("--retry_wait", type=float, help="seconds before retrying a failed run once")
+    add(
+        "--source",
+        choices=SOURCES,
+        default="reuters",
+        help="; ".join(f"{k}: {v}" for k, v in SOURCES.items()),
+    )
     add("--out", help="output folder (default logs/bench-<time>/)")
     args = parser.parse_args(argv)
     try:
@@ -181,7 +226,9 @@ def check(args: argparse.Namespace) -> None:
     """Checks the arguments and completes them (`args.settings`); raises UsageError."""
     if args.quick:
         args.num_examples, args.max_len, args.repeats = 256, 50, 1
-    args.memory = args.memory or ("off" if args.quick else "subprocess")
+    args.memory = args.memory or (
+        "subprocess" if args.source == "reuters" and not args.quick else "off"
+    )
     args.retry_wait = (0.0 if args.quick else 60.0) if args.retry_wait is None else args.retry_wait
     for name, least in AT_LEAST.items():
         if getattr(args, name) < least:
@@ -190,10 +237,13 @@ def check(args: argparse.Namespace) -> None:
     scaling = args.batch_sizes or args.data_scale
     if args.knobs and scaling:
         raise UsageError("--knobs cannot be combined with --batch_sizes or --data_scale")
+    if args.source != "reuters" and (args.knobs or scaling or args.quick):
+        raise UsageError(f"--source={args.source} makes the main table only; drop the others")
     if args.knobs:  # and the defaults each knob is paired with
         paired = {OWN_PROCESS_DEFAULTS if own_process(k) else "defaults" for k in args.knobs}
         args.knobs = [k for k in KNOBS if k in args.knobs or k in paired]
-    args.variants = args.variants or list(SCALE_VARIANTS if scaling else VARIANTS)
+    default_variants = USER_VARIANTS if args.source != "reuters" else VARIANTS
+    args.variants = args.variants or list(SCALE_VARIANTS if scaling else default_variants)
     if args.data_scale and "ceiling" in args.variants:
         args.variants.remove("ceiling")  # one batch in memory: the data size means nothing
     names = ("num_examples", "batch_size", "epochs", "max_len", "num_words")
@@ -202,8 +252,20 @@ def check(args: argparse.Namespace) -> None:
         data_dir=None if args.quick else args.data_dir,
         **{name: getattr(args, name) for name in names},
     )
+    if args.source != "reuters":
+        users = {"datasets": "scripts.bench_data:reuters_datasets", "images": "<written at start>"}
+        extra = {"image_size": IMAGE_SIZE} if args.source == "images" else {}
+        args.settings = dataclasses.replace(
+            args.settings,
+            dataset=users[args.source],
+            data_dir=None,
+            extra=extra,
+            source=args.source,
+        )
     # The harness's own checks of the numbers (the data folder's message follows).
-    unchecked_folder = dataclasses.replace(args.settings, data_dir=None)
+    unchecked_folder = dataclasses.replace(
+        args.settings, data_dir=None, dataset="synthetic", extra={}
+    )
     unchecked_folder.config("fit", logging=True, logdir="logs", run_name="check").validate()
     reuters = os.path.join(args.data_dir, "reuters.npz")
     if not args.quick and not args.data_scale and not os.path.isfile(reuters):
@@ -253,7 +315,8 @@ class Runner:
             name += "-retry"
         if variant in BASELINES:
             batch_size, epochs, num_words = settings.batch_size, settings.epochs, settings.num_words
-            return bv.bare(variant, self.splits, batch_size, epochs, num_words)
+            sets = settings.baseline_sets()
+            return bv.bare(variant, self.splits, batch_size, epochs, num_words, sets)
         mode, logging = variant.split("-")[1], not variant.endswith("-nolog")
         config = settings.config(mode, logging=logging, logdir=logdir, run_name=name)
         return bv.run_harness(config, settings.train_size, self.log, callbacks)
@@ -327,7 +390,7 @@ def main_table(args: argparse.Namespace, runner: Runner) -> dict:
     if args.memory == "subprocess":
         memory = {v: runner(v, f"mem-{v}", fresh=True) for v in args.variants}
     return {
-        "rows": table_rows(args.variants, runs, memory),
+        "rows": table_rows(args.variants, runs, memory, runner.settings.baseline_of),
         "runs": runs,
         "memory": memory,
         "interleaved_tape": interleaved,
@@ -444,14 +507,7 @@ def fast_epochs(records: list) -> float | None:
     return rates[round(FAST_PERCENTILE / 100 * (len(rates) - 1))] if rates else None
 
 
-def baseline_of(variant: str) -> str | None:
-    """The bare loop a harness variant is compared with."""
-    if variant.startswith("harness-"):
-        return "bare-" + variant.removeprefix("harness-").removesuffix("-nolog")
-    return None
-
-
-def table_rows(variants: list, runs: dict, memory: dict) -> dict:
+def table_rows(variants: list, runs: dict, memory: dict, baseline_of: Callable) -> dict:
     """One row per variant: examples/s, its spread and fast epochs; the median of the
     per-repeat ratios (and their spread) against its baseline, the ceiling and its
     `-nolog` twin (the logging cost); retraces; memory (the fresh subprocess's if any)."""
@@ -515,12 +571,12 @@ def interleaved_summary(runs: list) -> dict | None:
     }
 
 
-def targets(rows: dict, interleaved: dict | None) -> list:
+def targets(rows: dict, interleaved: dict | None, checked: tuple = TARGETS) -> list:
     """Each target checked; ratios on the median of the per-repeat ratios (the two ran
     side by side, which a drifting machine affects less), harness-tape vs the ceiling
     on the interleaved measurement when made."""
     checks = []
-    for variant, figure, low, high, what in TARGETS:
+    for variant, figure, low, high, what in checked:
         for v in [variant] if variant else list(rows):
             value = rows.get(v, {}).get(figure)
             shown = fmt(value, 3)
@@ -702,6 +758,9 @@ def main(argv: list | None = None) -> int:
     args = parse_args(argv)
     out = args.out or str(REPO / "logs" / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     os.makedirs(out, exist_ok=True)
+    if args.source == "images":
+        folder = bench_data.digits_folder(os.path.join(out, "digits"))
+        args.settings = dataclasses.replace(args.settings, dataset=folder)
     runner = Runner(args.settings, out, args.retry_wait)
     result = {"settings": dataclasses.asdict(args.settings)}
     try:
@@ -711,7 +770,8 @@ def main(argv: list | None = None) -> int:
             result["scaling"] = scaling(args, runner)
         else:
             main = result["main"] = main_table(args, runner)
-            result["targets"] = targets(main["rows"], main["interleaved_tape"])
+            checked = TARGETS + (USER_TARGETS if args.source != "reuters" else ())
+            result["targets"] = targets(main["rows"], main["interleaved_tape"], checked)
     except UsageError as error:  # the data: missing, damaged, or too few examples
         print(f"bench.py: error: {error}", file=sys.stderr)
         return 2

@@ -98,15 +98,14 @@ class Recorder(keras.callbacks.Callback):
 # --- Baselines and ceiling --------------------------------------------------------------
 
 
-def _datasets(splits: data.Splits, batch_size: int, *, endless: bool = False) -> tuple:
-    """Tutorial-style cache -> shuffle -> batch -> prefetch, and the validation set."""
+def _datasets(splits: data.Splits, batch_size: int) -> tuple:
+    """Tutorial-style cache -> shuffle -> batch, and the validation set."""
     train_set = (
         tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train))
         .cache()
         .shuffle(splits.train_size, seed=SEED)
         .batch(batch_size)
     )
-    train_set = (train_set.repeat() if endless else train_set).prefetch(tf.data.AUTOTUNE)
     return train_set, data.validation_dataset(splits.x_val, splits.y_val, batch_size=batch_size)
 
 
@@ -158,22 +157,30 @@ class TapeStep:
         return run_steps
 
 
-def bare(variant: str, splits: data.Splits, batch_size: int, epochs: int, num_words: int) -> dict:
-    """Trains a baseline of `bench.BASELINES` once: the harness's `sequential` model,
-    seeded, compiled as the harness compiles it (the tape steps: the same loss, metrics
-    and optimizer)."""
+def bare(
+    variant: str,
+    splits: data.RunData,
+    batch_size: int,
+    epochs: int,
+    num_words: int,
+    sets: tuple | None = None,
+) -> dict:
+    """Trains a baseline of `bench.BASELINES` once: the harness's `sequential` model for
+    the data, seeded, compiled as the harness compiles it (the tape steps: the same
+    loss, metrics and optimizer), on `sets` (batched train and validation datasets; None:
+    the harness's arrays in a tutorial-style pipeline)."""
     steps = math.ceil(splits.train_size / batch_size)
     keras.utils.set_random_seed(SEED)
-    model = models.sequential(
-        splits.x_train.shape[1:], task.SingleOutput(splits.num_classes), num_words
-    )
+    run_task = task.SingleOutput(splits.num_classes, splits.targets)
+    model = models.build("sequential", splits.input_spec(), run_task, num_words, splits.features())
     recorder = Recorder(splits.train_size)
     if variant == "ceiling":
         batch = tuple(tf.constant(a) for a in splits.probe(batch_size))
         recorder.examples = steps * len(batch[0])
     else:
         endless = variant in ("bare-fit-stream", "bare-tape-ingraph")
-        train_set, validation = _datasets(splits, batch_size, endless=endless)
+        train_set, validation = sets or _datasets(splits, batch_size)
+        train_set = (train_set.repeat() if endless else train_set).prefetch(tf.data.AUTOTUNE)
     if "tape" in variant or variant == "ceiling":
         step = TapeStep(model, splits.num_classes)
         recorder.traces, run_steps = step.traces, step.in_a_loop()

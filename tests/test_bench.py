@@ -160,6 +160,8 @@ def test_knob_table(tmp_path):
         (("--num_examples", "0"), "--num_examples=0"),
         (("--knobs", "intra_op_threads=1,warp"), "--knobs: unknown warp"),
         (("--knobs", "--batch_sizes", "32"), "--knobs cannot be combined"),
+        (("--source", "images", "--quick"), "--source=images makes the main table only"),
+        (("--source", "tfrecords"), "invalid choice: 'tfrecords'"),
     ],
 )
 def test_bad_arguments_exit_2(args, message):
