@@ -11,6 +11,7 @@ import pytest
 from proc_util import Harness, assert_one_error_line, harness_lines
 
 from harness import train
+from harness.callbacks import events
 from harness.config import MODES, Config
 from tests import user_data
 
@@ -264,3 +265,48 @@ def test_folder_checks_run_before_tensorflow_loads(tmp_path):
     tmp_path.mkdir()
     with pytest.raises(Exception, match="0 class subfolder"):
         Config(dataset=str(tmp_path)).validate()
+
+
+@pytest.fixture(scope="module")
+def mirrored_pipeline_runs(tmp_path_factory, shared_data) -> dict:
+    """{mode: run directory} of the tf.data source trained under MirroredStrategy on two
+    CPU devices with a profile window, the three loops at once."""
+    work = tmp_path_factory.mktemp("mirrored-pipeline")
+    flags = [
+        "--dataset=tests.user_data:digits_datasets",
+        "--epochs=2",
+        "--batch_size=32",
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        "--profile_steps=3,5",
+        "--logdir=logs",
+    ]
+    processes = {
+        m: Harness([*flags, f"--mode={m}", f"--run_name={m}"], work, name=m) for m in MODES
+    }
+    try:
+        for process in processes.values():
+            process.wait(timeout=300)
+            assert process.completed().returncode == 0, process.stderr[-3000:]
+    finally:
+        for process in processes.values():
+            process.kill()
+    return {mode: work / "logs" / mode for mode in MODES}
+
+
+@pytest.mark.slow
+def test_a_pipeline_under_mirrored_is_profiled_and_logged_alike_in_every_loop(
+    mirrored_pipeline_runs,
+):
+    losses = {}
+    for mode, run_dir in mirrored_pipeline_runs.items():
+        assert list(run_dir.glob("plugins/profile/*/*.xplane.pb")), mode
+        train_events = events.read(str(run_dir / "train"))
+        assert train_events.graph is not None, mode
+        for tag in ("sequential/head/kernel", "sequential/head/kernel/gradient"):
+            assert train_events.steps(tag), (mode, tag)
+        validation = events.read(str(run_dir / "validation")).latest("epoch_loss")
+        losses[mode] = [float(validation[epoch]) for epoch in (1, 2)]
+    for mode in MODES:
+        np.testing.assert_allclose(losses[mode], losses["fit"], atol=1e-4)
+    assert losses["fit"][1] != losses["fit"][0]
