@@ -29,6 +29,10 @@ from tensorboard.util import tensor_util
 from . import files
 
 PATTERN = "events.out.tfevents.*"
+# Summaries written at the global step, not the epoch: tags with these prefixes, and
+# everything in MODEL_FOLDER (the tf.summary calls of the user's model).
+GLOBAL_STEP_PREFIXES = ("batch_", "evaluation_")
+MODEL_FOLDER = "model"
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _HEADER = _LENGTH.size + _CRC.size
@@ -231,7 +235,8 @@ def purge_after(run_dir: str, global_step: int, epochs_done: int) -> tuple:
     A run stopped between checkpoints has written summaries for steps it will
     redo after resuming from the last checkpoint. Like TensorBoard's own purge
     of orphaned data, this removes them, so no step is shown twice: batch
-    summaries after `global_step`, epoch summaries after `epochs_done`, and
+    summaries (see GLOBAL_STEP_PREFIXES) after `global_step`, epoch summaries
+    after `epochs_done`, and
     at step 0 (a run resumed before its first step) everything, the graph
     and the run's hyperparameters included. A damaged record is dropped alone;
     the records after it are kept. Each event file is rewritten atomically.
@@ -241,13 +246,18 @@ def purge_after(run_dir: str, global_step: int, epochs_done: int) -> tuple:
         damaged stretches of records skipped (their content is lost).
     """
     dropped = damaged_total = 0
-    for folder in ("", "train", "validation"):
+    for folder in ("", "train", "validation", MODEL_FOLDER):
         for path in event_files(os.path.join(run_dir, folder)):
             records, damaged = read_records(path)
             kept = [
                 record
                 for record in records
-                if not _is_orphan(event_pb2.Event.FromString(record), global_step, epochs_done)
+                if not _is_orphan(
+                    event_pb2.Event.FromString(record),
+                    global_step,
+                    epochs_done,
+                    folder == MODEL_FOLDER,
+                )
             ]
             if damaged or len(kept) < len(records):
                 write_records(path, kept)
@@ -256,11 +266,13 @@ def purge_after(run_dir: str, global_step: int, epochs_done: int) -> tuple:
     return dropped, damaged_total
 
 
-def _is_orphan(event: event_pb2.Event, global_step: int, epochs_done: int) -> bool:
+def _is_orphan(
+    event: event_pb2.Event, global_step: int, epochs_done: int, in_global_steps: bool
+) -> bool:
     """Whether the resumed run writes `event` again (see `purge_after`)."""
     if not global_step:
         return not event.HasField("file_version")
     if not event.HasField("summary") or not event.summary.value:
         return False
-    is_batch = event.summary.value[0].tag.startswith("batch_")
-    return event.step > (global_step if is_batch else epochs_done)
+    at_global_step = in_global_steps or event.summary.value[0].tag.startswith(GLOBAL_STEP_PREFIXES)
+    return event.step > (global_step if at_global_step else epochs_done)

@@ -22,7 +22,9 @@ TensorBoard callback writes only inside `fit` — and more — identically for
 
 import os
 import time
+from collections.abc import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
@@ -163,27 +165,33 @@ class TensorBoardSummaries(StepCallback):
 
     def _write_histograms(self, step: int) -> None:
         if self._gradients is None:
-            self._gradients = tf.function(self._probe_gradients)
+            self._gradients = probe_gradients(self.model)
         gradients = self._gradients(*self.probe_batch)
         with self.writer(TRAIN).as_default(step=step):
             for variable, gradient in zip(self.model.trainable_variables, gradients):
                 write_histogram(variable.path, variable)
                 write_histogram(f"{variable.path}/gradient", gradient)
 
-    def _probe_gradients(self, x, y):
-        """Gradients of the loss on the probe batch; under a strategy every replica
-        sees the whole batch and the first replica's result is taken."""
-        strategy = tf.distribute.get_strategy()
-        gradients = strategy.run(self._replica_gradients, args=(x, y))
-        return [strategy.experimental_local_results(g)[0] for g in gradients]
 
-    def _replica_gradients(self, x, y):
+def probe_gradients(model: keras.Model) -> Callable:
+    """A compiled `(x, y) -> [gradient of each trainable variable]` of the model's loss
+    on one batch, in inference mode; under a strategy every replica sees the whole
+    batch and the first replica's result is taken."""
+
+    def replica_gradients(x, y):
         with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=False)
-            loss = self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+            y_pred = model(x, training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
             # Under a strategy Keras divides the loss by the replicas; undo it.
             loss *= tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
-        return tape.gradient(loss, self.model.trainable_variables)
+        return tape.gradient(loss, model.trainable_variables)
+
+    def gradients(x, y):
+        strategy = tf.distribute.get_strategy()
+        per_replica = strategy.run(replica_gradients, args=(x, y))
+        return [strategy.experimental_local_results(g)[0] for g in per_replica]
+
+    return tf.function(gradients)
 
 
 def write_histogram(tag: str, values) -> None:

@@ -294,6 +294,27 @@ class Config:
         group=WHERE,
         checks=(off_or_positive,),
     )
+    embeddings_freq: int = option(
+        1,
+        "Every N epochs: each Embedding layer's weights for the Projector, with the words "
+        "as metadata (0 = off)",
+        group=WHERE,
+        checks=(off_or_positive,),
+    )
+    eval_figures_freq: int = option(
+        5,
+        "Every N epochs: predict the validation set for a confusion matrix, PR curves and "
+        "the most confidently wrong examples (0 = off)",
+        group=WHERE,
+        checks=(off_or_positive,),
+    )
+    diagnostics_freq: int = option(
+        1,
+        "Every N epochs: per-layer health on the probe batch (gradient norms, "
+        "update/weight ratios, activation histograms, dead ReLU units; 0 = off)",
+        group=WHERE,
+        checks=(off_or_positive,),
+    )
     lr_halve_epochs: tuple = option(
         (5,),
         "1-based epochs at whose start the learning rate is multiplied by "

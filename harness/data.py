@@ -44,6 +44,10 @@ _CHUNK_ROWS = 2048  # synthetic rows generated at a time
 ROWS_PER_GATHER = 4096  # training rows gathered at a time (see TrainStream)
 BATCHES_AHEAD = 4  # training batches prefetched (see _prefetched)
 _LOADERS = {"reuters": keras.datasets.reuters, "imdb": keras.datasets.imdb}
+CLASS_NAMES = {  # the 46 Reuters topics (Keras ships them), IMDB's two sentiments
+    "reuters": tuple(keras.datasets.reuters.get_label_names()),
+    "imdb": ("negative", "positive"),
+}
 # The sha256 each loader verifies (keras/src/datasets/reuters.py, imdb.py): checked
 # first, so that Keras never replaces a --data_dir file by a download.
 DATA_HASHES = {
@@ -78,6 +82,8 @@ class RunData(Protocol):
 
     num_classes: int | None  # None: regression
     vocabulary: tuple | None
+    class_names: tuple | None  # None: "class <i>"
+    words: tuple | None  # token id -> word, for token-id inputs (None: not text)
 
     @property
     def train_size(self) -> int: ...
@@ -101,8 +107,9 @@ class RunData(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Train/validation arrays, the number of classes (None: regression targets) and,
-    for text tokenized by the harness, its vocabulary."""
+    """Train/validation arrays, the number of classes (None: regression targets),
+    for text tokenized by the harness its vocabulary, and what the ids mean where
+    known: the class names, and the word of each token id."""
 
     x_train: Any  # an array, or a dict of arrays for a multi-input model
     y_train: Any
@@ -110,6 +117,8 @@ class Splits:
     y_val: Any
     num_classes: int | None
     vocabulary: tuple | None = None
+    class_names: tuple | None = None
+    words: tuple | None = None
 
     @property
     def train_size(self) -> int:
@@ -199,6 +208,7 @@ def load(
         _pad(x_val, max_len),
         y_val.astype(np.int32),
         num_classes,
+        class_names=CLASS_NAMES[dataset],
     )
 
 

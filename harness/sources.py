@@ -142,7 +142,13 @@ def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> da
     for name, x in (("x_train", x_train), ("x_val", x_val)):
         _check_token_ids(where, name, x, config.num_words)
     return data.Splits(
-        x_train, y_train, x_val, y_val, fitting.num_classes, vocabulary=arrays.get("vocabulary")
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        fitting.num_classes,
+        vocabulary=arrays.get("vocabulary"),
+        class_names=arrays.get("class_names"),
     )
 
 
@@ -261,16 +267,18 @@ def _read_folder(loader, root: str, what: str, **options) -> tuple[list, np.ndar
 
 def _image_folder(root: str, image_size: tuple) -> dict:
     """The images as float32 [n, height, width, 3] in [0, 1]."""
-    splits, _ = _read_folder(
+    splits, classes = _read_folder(
         keras.utils.image_dataset_from_directory, root, "images", image_size=image_size
     )
     arrays = [(np.stack(x).astype(np.float32) / 255.0, y) for x, y in splits]
-    return _named_splits(arrays)
+    return {**_named_splits(arrays), "class_names": tuple(classes)}
 
 
 def _text_folder(config: Config, run_dir: str | None) -> dict:
     """The texts as int32 token ids [n, --max_len] (0 pads the end), tokenized once."""
-    splits, _ = _read_folder(keras.utils.text_dataset_from_directory, config.dataset, ".txt files")
+    splits, classes = _read_folder(
+        keras.utils.text_dataset_from_directory, config.dataset, ".txt files"
+    )
     saved = run_dir and os.path.join(run_dir, VOCABULARY_FILE)
     vocabulary = None
     if saved and os.path.exists(saved):
@@ -286,7 +294,11 @@ def _text_folder(config: Config, run_dir: str | None) -> dict:
     arrays = [
         (np.asarray(vectorize(np.asarray(x, dtype=object)), dtype=np.int32), y) for x, y in splits
     ]
-    return {**_named_splits(arrays), "vocabulary": tuple(vectorize.get_vocabulary())}
+    return {
+        **_named_splits(arrays),
+        "vocabulary": tuple(vectorize.get_vocabulary()),
+        "class_names": tuple(classes),
+    }
 
 
 def _named_splits(arrays: list) -> dict:

@@ -49,7 +49,7 @@ class DatasetStream:
 class DatasetSplits:
     """A user's training and validation pipelines, counted and checked (see `data.RunData`)."""
 
-    vocabulary = None
+    vocabulary = class_names = words = None
 
     def __init__(self, where: str, train, val, forced_task: str, num_examples: int | None):
         train, val = (_checked(where, split, ds) for split, ds in (("train", train), ("val", val)))
