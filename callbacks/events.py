@@ -267,12 +267,14 @@ def purge_after(run_dir: str, global_step: int, epochs_done: int) -> tuple:
 
 
 def _is_orphan(
-    event: event_pb2.Event, global_step: int, epochs_done: int, in_global_steps: bool
+    event: event_pb2.Event, global_step: int, epochs_done: int, in_model_folder: bool
 ) -> bool:
     """Whether the resumed run writes `event` again (see `purge_after`)."""
     if not global_step:
         return not event.HasField("file_version")
     if not event.HasField("summary") or not event.summary.value:
         return False
-    at_global_step = in_global_steps or event.summary.value[0].tag.startswith(GLOBAL_STEP_PREFIXES)
+    if in_model_folder:  # written at the step count before the step that wrote it
+        return event.step >= global_step
+    at_global_step = event.summary.value[0].tag.startswith(GLOBAL_STEP_PREFIXES)
     return event.step > (global_step if at_global_step else epochs_done)

@@ -13,13 +13,18 @@ TensorBoard callback writes only inside `fit` — and more — identically for
 - every `histogram_freq` epochs: a histogram of every trainable weight and of
   its gradient, the gradient computed on a fixed probe batch (so `fit` gets
   gradient histograms too, computed the same way as in the other loops);
+- after every epoch, in `validation/` at the global step:
+  `evaluation_<metric>_vs_iterations` (Keras's name), so runs of other batch
+  sizes or epoch lengths line up;
+- in `model/`, at the global step: what the model's own `tf.summary` calls
+  write, every `every_steps` train steps;
 - once per run: the op graph of a train step (forward, loss, gradients,
-  optimizer update) traced on the probe batch, for the Graphs tab;
-- once per run, in the run directory itself: the hyperparameters for the
-  HParams tab (its metrics are the scalars above, grouped by `train` and
-  `validation`) and the flags as a text summary.
+  optimizer update) traced on the probe batch, for the Graphs tab; and in the
+  run directory itself what `run_info` writes (HParams, flags, the model's
+  summary and its Keras graph).
 """
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -28,11 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
-from tensorboard.plugins.hparams import api as hparams_api
 
+from . import run_info
 from .base import StepCallback
+from .events import MODEL_FOLDER, event_files, events
 
-TRAIN, VALIDATION = "train", "validation"
+TRAIN, VALIDATION = run_info.TRAIN, run_info.VALIDATION
+MODEL = MODEL_FOLDER  # the tf.summary calls of the model's own code
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
 _HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
     display_name=None, description=None
@@ -51,6 +58,9 @@ class TensorBoardSummaries(StepCallback):
         every_steps: write batch scalars every this many steps (0 = never).
         histogram_freq: write histograms every this many epochs (0 = never).
         hparams: hyperparameters for the HParams tab (str, int, float, bool).
+        domains: the values of the hyperparameters that have a fixed set.
+        metrics: the log keys the HParams tab compares, in order (see
+            `run_info.metric_order`).
         flags: every option of the run, written once as a text table.
     """
 
@@ -63,6 +73,8 @@ class TensorBoardSummaries(StepCallback):
         every_steps: int = 100,
         histogram_freq: int = 1,
         hparams: dict | None = None,
+        domains: dict | None = None,
+        metrics: list | None = None,
         flags: dict | None = None,
     ) -> None:
         super().__init__()
@@ -71,9 +83,14 @@ class TensorBoardSummaries(StepCallback):
         self.batch_size = batch_size
         self.every_steps = every_steps
         self.histogram_freq = histogram_freq
-        self.hparams = hparams or {}
-        self.flags = flags or {}
+        self.run_info = {
+            "hparams": hparams or {},
+            "domains": domains or {},
+            "metrics": metrics or ["loss"],
+            "flags": flags or {},
+        }
         self._writers = {}
+        self._recording = contextlib.ExitStack()
         self._gradients = None
         self._epoch_start = self._train_end = 0.0
         self._epoch_first_step = 0
@@ -87,7 +104,8 @@ class TensorBoardSummaries(StepCallback):
     def on_train_begin(self, logs=None) -> None:
         super().on_train_begin(logs)
         if self.global_step == 0:  # a resumed run wrote these already
-            self._write_run_info()
+            with self.writer("").as_default(step=0):
+                run_info.write(self.run_dir, self.model, **self.run_info)
             self._write_graph()
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
@@ -95,6 +113,7 @@ class TensorBoardSummaries(StepCallback):
         self._epoch_start = time.perf_counter()
         self._train_end = 0.0
         self._epoch_first_step = self.global_step
+        self._record_model_summaries()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         super().on_train_batch_end(batch, logs)
@@ -105,6 +124,7 @@ class TensorBoardSummaries(StepCallback):
 
     def on_test_begin(self, logs=None) -> None:
         self._train_end = time.perf_counter()
+        self._recording.close()
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         now = time.perf_counter()
@@ -123,26 +143,38 @@ class TensorBoardSummaries(StepCallback):
             for name, value in logs.items():
                 if name.startswith("val_"):
                     tf.summary.scalar(f"epoch_{name[4:]}", float(value))
+        with self.writer(VALIDATION).as_default(step=self.global_step):
+            for name, value in logs.items():  # lines up runs of other batch sizes
+                if name.startswith("val_"):
+                    tf.summary.scalar(f"evaluation_{name[4:]}_vs_iterations", float(value))
         if self.histogram_freq and step % self.histogram_freq == 0:
             self._write_histograms(step)
         for writer in self._writers.values():
             writer.flush()
 
     def on_train_end(self, logs=None) -> None:
+        self._recording.close()
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+        _remove_if_empty(os.path.join(self.run_dir, MODEL))
 
     def _learning_rate(self) -> float:
         return float(tf.convert_to_tensor(self.model.optimizer.learning_rate))
 
-    def _write_run_info(self) -> None:
-        with self.writer("").as_default(step=0):
-            if self.hparams:
-                hparams_api.hparams(self.hparams, trial_id=os.path.basename(self.run_dir))
-            if self.flags:
-                rows = "\n".join(f"| {name} | {value!r} |" for name, value in self.flags.items())
-                tf.summary.text("flags", f"| flag | value |\n|---|---|\n{rows}")
+    def _record_model_summaries(self) -> None:
+        """Makes the tf.summary calls of the model's own code write to `model/` every
+        `every_steps` train steps (at the step count before the step, as under Keras's
+        TensorBoard callback), also inside compiled steps, which read the step and the
+        condition from variables: no retracing. Validation and the probe computations
+        run outside it (see `on_test_begin`), so they record nothing."""
+        if not self.every_steps:
+            return
+        iterations = self.model.optimizer.iterations
+        self._recording.enter_context(self.writer(MODEL).as_default(step=iterations))
+        self._recording.enter_context(
+            tf.summary.record_if(lambda: tf.equal(iterations % self.every_steps, 0))
+        )
 
     def _write_graph(self) -> None:
         """Traces one train step on the probe batch (without running it)."""
@@ -162,6 +194,7 @@ class TensorBoardSummaries(StepCallback):
         graph = tf.function(on_replicas).get_concrete_function(*self.probe_batch).graph
         with self.writer(TRAIN).as_default(step=0):
             tf.summary.graph(graph)
+            run_info.write_keras_graph(model)
 
     def _write_histograms(self, step: int) -> None:
         if self._gradients is None:
@@ -171,6 +204,16 @@ class TensorBoardSummaries(StepCallback):
             for variable, gradient in zip(self.model.trainable_variables, gradients):
                 write_histogram(variable.path, variable)
                 write_histogram(f"{variable.path}/gradient", gradient)
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Removes `folder` if its event files hold no summary: a model that calls no
+    tf.summary leaves no empty `model` run in TensorBoard."""
+    if os.path.isdir(folder) and not any(event.summary.value for event in events(folder)):
+        for path in event_files(folder):
+            os.remove(path)
+        with contextlib.suppress(OSError):  # something else is in it
+            os.rmdir(folder)
 
 
 def probe_gradients(model: keras.Model) -> Callable:

@@ -263,7 +263,8 @@ class Config:
     logdir: str = option("logs", "Folder holding the run directories", group=WHERE)
     run_name: str | None = option(
         None,
-        "Run directory name (default <model>-<mode>-<time>)",
+        "Run directory name (default <model>-<mode>-<time>, with the options that differ "
+        "from their defaults after the mode, e.g. sequential-fit-lr0.003-bs64-<time>)",
         group=WHERE,
         checks=(_check_run_name,),
         shown="<model>-<mode>-<time>",
@@ -284,7 +285,8 @@ class Config:
     )
     summary_every_steps: int = option(
         100,
-        "Write batch_loss and the learning rate every N steps (0 = off)",
+        "Write batch_loss, the learning rate and the model's own tf.summary calls every "
+        "N steps (0 = off)",
         group=WHERE,
         checks=(off_or_positive,),
     )

@@ -8,7 +8,9 @@ padding/truncation, like the tutorials):
   `reuters.npz` / `imdb.npz`; the loaders only look in the Keras cache, so the
   file is copied into a private temporary Keras home for the call. A file there
   that fails its hash check is reported, never replaced by a download (Keras's
-  `get_file` would download it again).
+  `get_file` would download it again). The words of the token ids come from
+  `<dataset>_word_index.json` beside the data file or in the Keras cache (none:
+  `Splits.words` is None); synthetic token ids get readable tags.
 
 The training pipeline is an endless stream of batches whose order depends only
 on (seed, epoch of the data), so any loop, and any resumed run, sees the same
@@ -20,6 +22,7 @@ part -> prefetch.
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -209,6 +212,7 @@ def load(
         y_val.astype(np.int32),
         num_classes,
         class_names=CLASS_NAMES[dataset],
+        words=keras_words(dataset, data_dir, num_words),
     )
 
 
@@ -251,7 +255,43 @@ def synthetic(
         tokens[num_examples:],
         labels[num_examples:],
         num_classes,
+        words=_synthetic_words(keywords, num_words),
     )
+
+
+def _synthetic_words(keywords: np.ndarray, num_words: int) -> tuple:
+    """Readable tags for the synthetic token ids: `class<c>_kw<j>` for the class
+    keywords (so they can be seen to cluster in the Projector), `w<i>` for fillers."""
+    words = ["<pad>", "<start>", "<oov>", *(f"w{i}" for i in range(_FIRST_WORD, num_words))]
+    for label, row in enumerate(keywords):
+        for j, token in enumerate(row):
+            words[token] = f"class{label}_kw{j}"
+    return tuple(words)
+
+
+def keras_words(dataset: str, data_dir: str | None, num_words: int) -> tuple | None:
+    """The word of each token id below `num_words` as Keras's reuters/imdb loaders
+    number them (start_char=1, oov_char=2, index_from=3: id k + 3 is the word of rank
+    k), from `<dataset>_word_index.json` in `data_dir` or the Keras cache; None when
+    neither holds a readable one (`get_word_index` would download it: no internet
+    here). Ids no word has (3) are `id_<i>`."""
+    name = f"{dataset}_word_index.json"
+    folders = [data_dir] if data_dir else []
+    folders.append(os.path.join(keras.src.backend.config.keras_home(), "datasets"))
+    for folder in folders:
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                index = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(index, dict):
+            continue
+        words = ["<pad>", "<start>", "<oov>", *(f"id_{i}" for i in range(_FIRST_WORD, num_words))]
+        for word, rank in index.items():
+            if isinstance(rank, int) and 0 <= rank < num_words - _FIRST_WORD:
+                words[rank + _FIRST_WORD] = str(word)
+        return tuple(words)
+    return None
 
 
 class TrainStream:

@@ -80,7 +80,8 @@ def synthetic(
 
     x_train, y_train = tickets(tokens.x_train, tokens.y_train)
     x_val, y_val = tickets(tokens.x_val, tokens.y_val)
-    return data.Splits(x_train, y_train, x_val, y_val, num_departments)
+    words = tokens.words[:URGENT_WORD] + ("<urgent>",) + tokens.words[URGENT_WORD + 1 :]
+    return data.Splits(x_train, y_train, x_val, y_val, num_departments, words=words)
 
 
 def own_run(config) -> tuple:
@@ -151,6 +152,9 @@ class Tickets(task.Task):
 
     def compile_args(self, metric_names: Sequence[str]) -> tuple[dict, list]:
         return compile_args(self.num_departments, tuple(metric_names), self.loss_weights)
+
+    def outputs(self) -> dict:
+        return {"priority": 2, "department": self.num_departments}
 
     def output_spec(self) -> str:
         return f"outputs priority [batch, 1] and department [batch, {self.num_departments}]"

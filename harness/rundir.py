@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 
+from harness import hparams
 from harness.callbacks import files
 from harness.config import Config
 from harness.errors import UsageError
@@ -42,10 +43,13 @@ RESUME_MUST_MATCH = (
 
 
 def default_run_name(config: Config, now: datetime.datetime) -> str:
-    """`<model>-<mode>-<timestamp>`; an import path contributes its function name.
-    The microseconds keep the names of runs started in the same second apart."""
+    """`<model>-<mode>[-<what differs>]-<timestamp>`: an import path contributes its
+    function name, and the options changed from their defaults are named (e.g.
+    'lr0.003-bs64'), so runs compared side by side can be told apart. The
+    microseconds keep the names of runs started in the same second apart."""
     model = config.model.rpartition(":")[2]
-    return f"{model}-{config.mode}-{now:%Y%m%d-%H%M%S-%f}"
+    differs = hparams.differences(config)
+    return "-".join(filter(None, (model, config.mode, differs, f"{now:%Y%m%d-%H%M%S-%f}")))
 
 
 def check_logdir(logdir: str) -> None:

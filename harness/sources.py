@@ -149,6 +149,7 @@ def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> da
         fitting.num_classes,
         vocabulary=arrays.get("vocabulary"),
         class_names=arrays.get("class_names"),
+        words=_words(arrays.get("vocabulary")),
     )
 
 
@@ -156,6 +157,14 @@ def save_vocabulary(splits: data.RunData, run_dir: str) -> None:
     """Keeps a text folder's vocabulary in the run directory (one token per line)."""
     if splits.vocabulary:
         files.write_text(os.path.join(run_dir, VOCABULARY_FILE), "\n".join(splits.vocabulary))
+
+
+def _words(vocabulary: tuple | None) -> tuple | None:
+    """The word of each token id of a `TextVectorization` vocabulary (id 0, '': `<pad>`;
+    id 1 is '[UNK]')."""
+    if not vocabulary:
+        return None
+    return ("<pad>" if vocabulary[0] == "" else vocabulary[0], *vocabulary[1:])
 
 
 def _npz(path: str) -> dict:

@@ -134,6 +134,11 @@ class Task(abc.ABC):
         Raises ValueError for a metric that is unknown or does not apply."""
 
     @abc.abstractmethod
+    def outputs(self) -> dict:
+        """Output name -> its number of classes (2: binary; None: regression); ''
+        names the one output of a single-output model."""
+
+    @abc.abstractmethod
     def output_spec(self) -> str | dict:
         """What the model must output, for `check_outputs` and its messages."""
 
@@ -170,6 +175,9 @@ class SingleOutput(Task):
 
     def compile_args(self, metric_names: Sequence[str]) -> tuple[dict, list]:
         return compile_args(self.num_classes, metric_names)
+
+    def outputs(self) -> dict:
+        return {"": self.num_classes}
 
     def output_spec(self) -> str:
         what = {

@@ -22,6 +22,7 @@ from harness import (
     devices,
     distribute,
     export,
+    hparams,
     loops,
     models,
     report,
@@ -30,7 +31,7 @@ from harness import (
     task,
     tracing,
 )
-from harness.callbacks import files
+from harness.callbacks import files, run_info
 from harness.callbacks.best_model import BestModel
 from harness.callbacks.checkpoint import (
     Checkpointing,
@@ -38,7 +39,10 @@ from harness.callbacks.checkpoint import (
     make_manager,
     restore_latest,
 )
+from harness.callbacks.diagnostics import LayerHealth
+from harness.callbacks.embeddings import EmbeddingProjector
 from harness.callbacks.epoch_state import EpochMetricsState
+from harness.callbacks.eval_figures import EvalFigures
 from harness.callbacks.events import purge_after
 from harness.callbacks.guards import Interrupted, NonFinite, NonFiniteLossGuard, StopOnSignal
 from harness.callbacks.history_file import HistoryFile
@@ -47,20 +51,6 @@ from harness.callbacks.profiler import ProfilerCallback, start_profiler_server
 from harness.callbacks.summary import TensorBoardSummaries
 from harness.config import Config
 from harness.errors import HarnessError, RunInterrupted, UsageError
-
-# Flags compared across runs in TensorBoard's HParams tab.
-HPARAMS = (
-    "mode",
-    "model",
-    "dataset",
-    "optimizer",
-    "learning_rate",
-    "batch_size",
-    "seed",
-    "epochs",
-    "num_words",
-    "max_len",
-)
 
 
 @dataclasses.dataclass
@@ -156,7 +146,7 @@ def _train(
     given_model, given_data = given
     keras.utils.set_random_seed(config.seed)
     splits, run_task = _data_and_task(config, run_dir, given_data)
-    model = _compiled_model(config, run_task, splits, given_model)
+    model, log_keys = _compiled_model(config, run_task, splits, given_model)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
@@ -187,7 +177,7 @@ def _train(
             run_dir,
             model,
             splits,
-            run_task,
+            (run_task, log_keys),
             steps_per_epoch,
             checkpointing,
             metrics_state,
@@ -207,7 +197,7 @@ def _train_in(
     run_dir: str,
     model: keras.Model,
     splits: data.RunData,
-    run_task: task.Task,
+    task_and_keys: tuple,
     steps_per_epoch: int,
     checkpointing: Checkpointing,
     metrics_state: EpochMetricsState,
@@ -216,7 +206,9 @@ def _train_in(
     startup_lines: list,
     user_callbacks: list,
 ) -> Result:
-    """The part of `_train` that runs in the run directory, with stop signals caught."""
+    """The part of `_train` that runs in the run directory, with stop signals caught;
+    `task_and_keys`: the task and the keys the model logs."""
+    run_task, log_keys = task_and_keys
     global_step = 0
     if config.resume:
         global_step = _restore(
@@ -265,7 +257,16 @@ def _train_in(
     callback_list = keras.callbacks.CallbackList(
         [
             metrics_state,
-            *_callbacks(config, run_dir, splits, schedule, print_fn),
+            *_callbacks(
+                config,
+                run_dir,
+                splits,
+                schedule,
+                print_fn,
+                _compared(config, run_task, log_keys),
+                validation=validation,
+                run_task=run_task,
+            ),
             *user_callbacks,
             checkpointing,
             stop_guard,
@@ -381,9 +382,10 @@ def _data_and_task(config: Config, run_dir: str, given_data) -> tuple:
 
 def _compiled_model(
     config: Config, run_task: task.Task, splits: data.RunData, given_model
-) -> keras.Model:
+) -> tuple[keras.Model, list]:
     """Builds and compiles the model (a user's compiled model keeps its loss and
-    metrics, with the harness's optimizer); rejects a --monitor it does not log."""
+    metrics, with the harness's optimizer); returns it and the keys it logs ('loss',
+    'accuracy', ...). Rejects a --monitor it does not log."""
     try:
         compile_args, log_keys = run_task.compile_args(config.metrics)
     except ValueError as error:
@@ -422,7 +424,7 @@ def _compiled_model(
             LearningRateHalving.check(model.optimizer)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    return model
+    return model, log_keys
 
 
 def _callbacks(
@@ -431,13 +433,19 @@ def _callbacks(
     splits: data.RunData,
     schedule: loops.Schedule,
     print_fn: Callable[[str], None],
+    compared: dict,
+    *,
+    validation: tf.data.Dataset,
+    run_task: task.Task,
 ) -> list:
     """The run's callbacks that observe and record it, in the order they must see
     each batch: the NaN guard first, so that nothing is written for a step with a
-    NaN loss. The caller appends the user's callbacks, then the checkpointing
-    (the epoch's commit: after everything that records the epoch), then the
-    signal guard (last, so that every other callback has seen the step it stops
-    after)."""
+    NaN loss. `compared`: the HParams tab's hyperparameters, domains and metrics
+    (see `_compared`); `validation`: the validation batches (the evaluation figures
+    predict them); `run_task`: the run's task (its outputs' kinds, for the figures).
+    The caller appends the user's callbacks, then the checkpointing (the epoch's
+    commit: after everything that records the epoch), then the signal guard (last,
+    so that every other callback has seen the step it stops after)."""
     callbacks = [NonFiniteLossGuard()]
     if config.lr_halve_epochs:
         callbacks.append(
@@ -449,16 +457,40 @@ def _callbacks(
         callbacks.append(ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn))
     if config.profiler_port:  # a port in use is a warning line: profiling is best-effort
         start_profiler_server(config.profiler_port, print_fn=print_fn)
+    if config.embeddings_freq:  # the Projector's checkpoint, config and words
+        callbacks.append(EmbeddingProjector(run_dir, config.embeddings_freq, splits.words))
+    summaries = TensorBoardSummaries(
+        run_dir,
+        probe_batch=splits.probe(config.batch_size),
+        batch_size=config.batch_size,
+        every_steps=config.summary_every_steps,
+        histogram_freq=config.histogram_freq,
+        **compared,
+        flags=dataclasses.asdict(config),
+    )
+    if config.diagnostics_freq:  # before the summaries: their epoch end flushes the writer
+        callbacks.append(
+            LayerHealth(
+                summaries.writer,
+                config.diagnostics_freq,
+                splits.probe(config.batch_size),
+                print_fn=print_fn,
+            )
+        )
+    if config.eval_figures_freq:  # before the summaries too (the flush)
+        callbacks.append(
+            EvalFigures(
+                summaries.writer,
+                config.eval_figures_freq,
+                validation,
+                outputs=run_task.outputs(),
+                class_names=splits.class_names,
+                words=splits.words,
+                print_fn=print_fn,
+            )
+        )
     callbacks += [
-        TensorBoardSummaries(
-            run_dir,
-            probe_batch=splits.probe(config.batch_size),
-            batch_size=config.batch_size,
-            every_steps=config.summary_every_steps,
-            histogram_freq=config.histogram_freq,
-            hparams=_hparams(config),
-            flags=dataclasses.asdict(config),
-        ),
+        summaries,
         BestModel(
             os.path.join(run_dir, rundir.BEST_MODEL_FILE),
             config.monitor,
@@ -510,6 +542,11 @@ def _best_so_far(config: Config, run_dir: str, initial_epoch: int) -> float | No
     return max(values) if report.higher_is_better(config.monitor) else min(values)
 
 
-def _hparams(config: Config) -> dict:
-    """The hyperparameters shown in TensorBoard's HParams tab."""
-    return {name: getattr(config, name) for name in HPARAMS}
+def _compared(config: Config, run_task: task.Task, log_keys: list) -> dict:
+    """What TensorBoard's HParams tab compares: the run's hyperparameters, the values
+    of those with a fixed set, and the metrics (validation loss first)."""
+    return {
+        "hparams": hparams.values(config, run_task.describe()),
+        "domains": hparams.domains(),
+        "metrics": run_info.metric_order(log_keys),
+    }

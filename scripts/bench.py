@@ -58,6 +58,8 @@ MODES = ("fit", "train_on_batch", "tape")
 BASELINES = {  # variant: how it trains, plain Keras on the harness's data and model
     "bare-fit": "model.fit, a fresh iterator every epoch (as the tutorial)",
     "bare-fit-stream": "model.fit on one endless stream",
+    "bare-fit-keras-logging": "model.fit with Keras's TensorBoard(histogram_freq=1) and "
+    "ModelCheckpoint",
     "bare-tape": "the tape step called from `for x, y in ds`",
     "bare-tape-ingraph": "the tape step in a `tf.range` loop pulling from one endless stream",
     "bare-train_on_batch": "a `train_on_batch` / `test_on_batch` loop",
@@ -107,6 +109,14 @@ TARGETS = (  # (variant or None for every variant, figure, low, high, what)
 # On a user's data, the tape loop is held to what a user would run instead: model.fit.
 USER_TARGETS = (("harness-tape", "vs_baseline", 1.0, None, ">= 1.0x bare-fit"),)
 FAST_PERCENTILE = 90
+# The Config fields whose 0 turns a kind of logging off (the -nolog variants).
+LOGGING_FREQUENCIES = (
+    "summary_every_steps",
+    "histogram_freq",
+    "embeddings_freq",
+    "eval_figures_freq",
+    "diagnostics_freq",
+)
 
 
 @dataclasses.dataclass
@@ -131,7 +141,7 @@ class Settings:
     def config(self, mode: str, *, logging: bool, logdir: str, run_name: str) -> Config:
         """The harness Config of a run: the harness's default logging, or none (`-nolog`)."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("extra", "source")}
-        off = {} if logging else {"summary_every_steps": 0, "histogram_freq": 0}
+        off = {} if logging else dict.fromkeys(LOGGING_FREQUENCIES, 0)
         run = {"mode": mode, "logdir": logdir, "run_name": run_name, "verbose": 0}
         return Config(**run, **fields, **off, **self.extra)
 
@@ -316,7 +326,8 @@ class Runner:
         if variant in BASELINES:
             batch_size, epochs, num_words = settings.batch_size, settings.epochs, settings.num_words
             sets = settings.baseline_sets()
-            return bv.bare(variant, self.splits, batch_size, epochs, num_words, sets)
+            keras_logs = os.path.join(logdir, name)
+            return bv.bare(variant, self.splits, batch_size, epochs, num_words, sets, keras_logs)
         mode, logging = variant.split("-")[1], not variant.endswith("-nolog")
         config = settings.config(mode, logging=logging, logdir=logdir, run_name=name)
         return bv.run_harness(config, settings.train_size, self.log, callbacks)
@@ -470,6 +481,10 @@ def scaling(args: argparse.Namespace, runner: Runner) -> dict:
 # --- Figures ----------------------------------------------------------------------------
 
 
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def median(values) -> float | None:
     """The median of the values that are not None (None if there are none)."""
     values = [v for v in values if v is not None]
@@ -524,6 +539,7 @@ def table_rows(variants: list, runs: dict, memory: dict, baseline_of: Callable) 
             "peak_rss_mb": own.get("peak_rss_mb"),
             "peak_growth_mb": own.get("peak_growth_mb"),
             "rss_growth_ep2_to_last_mb": own.get("rss_growth_ep2_to_last_mb", growth),
+            "pause_share_pct": _percent(median(r.get("pause_share") for r in records)),
             "baseline": baseline_of(v),
         }
     for v, row in rows.items():
@@ -633,6 +649,7 @@ MAIN_COLUMNS = {  # header: the text of a variant's row
     "vs ceiling, paired": lambda v, r: fmt(r["vs_ceiling"], 3),
     "logging cost, paired": lambda v, r: fmt(r["logging_cost_pct"], 1, "%"),
     "in the batch hooks": lambda v, r: fmt(r["hook_share_pct"], 2, "%"),
+    "epoch-end pause, share of epoch": lambda v, r: fmt(r["pause_share_pct"], 1, "%"),
     "retraces after ep1": lambda v, r: fmt(r["retraces_after_first_epoch"]),
     "peak RSS MB (growth)": lambda v, r: f"{fmt(r['peak_rss_mb'])} ({fmt(r['peak_growth_mb'])})",
     "peak RSS vs baseline": lambda v, r: fmt(r["peak_rss_vs_baseline"], 3),

@@ -10,6 +10,7 @@ epoch, and RSS growth from epoch 2 to the last.
 
 import collections
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -56,7 +57,9 @@ HOOKS = HookClock()
 
 class Recorder(keras.callbacks.Callback):
     """Times each epoch's training part and notes the traces and RSS at its end; a
-    callback for `fit` and the harness, called by hand in the bare loops.
+    callback for `fit` and the harness, called by hand in the bare loops. Also the
+    epoch-end pause: from the end of training (validation's start) to the next
+    epoch's begin or the end of training, so that every callback's epoch end counts.
 
     `traces`: a live trace counter; None counts the model's steps from `on_train_begin`.
     """
@@ -65,14 +68,26 @@ class Recorder(keras.callbacks.Callback):
         super().__init__()
         self.examples, self.traces = examples, traces
         self.epochs: list = []  # (train seconds, hook seconds, traces, RSS MB) per epoch
+        self.pauses: list = []  # (pause seconds, epoch seconds) per epoch after the first
         self._train_end = None
+        self._begin = None
 
     def on_train_begin(self, logs=None) -> None:
         if self.traces is None:
             self.traces = tracing.count_traces(self.model)
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._note_pause()
         self._begin, self._train_end = (time.perf_counter(), HOOKS.seconds), None
+
+    def on_train_end(self, logs=None) -> None:
+        self._note_pause()
+
+    def _note_pause(self) -> None:
+        if self._train_end and len(self.epochs) > 1:  # the first epoch's end traces
+            now = time.perf_counter()
+            self.pauses.append((now - self._train_end[0], now - self._begin[0]))
+        self._train_end = None
 
     def on_test_begin(self, logs=None) -> None:
         self._train_end = self._train_end or (time.perf_counter(), HOOKS.seconds)
@@ -92,6 +107,11 @@ class Recorder(keras.callbacks.Callback):
             "hook_share": sum(hooks[1:]) / timed,
             "retraces_after_first_epoch": traces[-1] - traces[0],
             "rss_growth_ep2_to_last_mb": rss[-1] - rss[1] if len(rss) >= 3 else None,
+            "pause_share": (
+                sum(p for p, _ in self.pauses) / sum(t for _, t in self.pauses)
+                if self.pauses
+                else None
+            ),
         }
 
 
@@ -164,11 +184,13 @@ def bare(
     epochs: int,
     num_words: int,
     sets: tuple | None = None,
+    logdir: str | None = None,
 ) -> dict:
     """Trains a baseline of `bench.BASELINES` once: the harness's `sequential` model for
     the data, seeded, compiled as the harness compiles it (the tape steps: the same
     loss, metrics and optimizer), on `sets` (batched train and validation datasets; None:
-    the harness's arrays in a tutorial-style pipeline)."""
+    the harness's arrays in a tutorial-style pipeline). `logdir`: where Keras's own
+    TensorBoard and ModelCheckpoint write (bare-fit-keras-logging)."""
     steps = math.ceil(splits.train_size / batch_size)
     keras.utils.set_random_seed(SEED)
     run_task = task.SingleOutput(splits.num_classes, splits.targets)
@@ -191,13 +213,19 @@ def bare(
         recorder.traces = tracing.count_traces(model)
         train_step, test_step, sync = model.train_on_batch, model.test_on_batch, lambda: None
     if variant.startswith("bare-fit"):
+        logging = []
+        if variant == "bare-fit-keras-logging":  # what the harness logs, the Keras way
+            logging = [
+                keras.callbacks.TensorBoard(logdir, histogram_freq=1, update_freq=100),
+                keras.callbacks.ModelCheckpoint(os.path.join(logdir, "model.keras")),
+            ]
         model.fit(
             train_set,
             epochs=epochs,
             validation_data=validation,
             verbose=0,
             steps_per_epoch=steps if endless else None,
-            callbacks=[recorder],
+            callbacks=[recorder, *logging],
         )
         return recorder.record()
     stream = iter(train_set) if variant == "bare-tape-ingraph" else None

@@ -48,7 +48,12 @@ HALVE_AT = 2
 EPOCH_TAGS = ("epoch_loss", "epoch_accuracy", "epoch_top5_accuracy")
 TRAIN_ONLY_EPOCH_TAGS = ("epoch_learning_rate", "epoch_examples_per_second", "epoch_seconds")
 BATCH_TAGS = ("batch_loss", "batch_learning_rate")
-ROOT_TAGS = {"_hparams_/session_start_info", "flags"}
+ROOT_TAGS = {
+    "_hparams_/session_start_info",
+    "_hparams_/experiment",
+    "flags",
+    "model_summary",
+}
 
 
 def _config(logdir, mode: str, **overrides) -> Config:
@@ -65,6 +70,9 @@ def _config(logdir, mode: str, **overrides) -> Config:
         summary_every_steps=EVERY,
         histogram_freq=1,
         lr_halve_epochs=(HALVE_AT,),
+        embeddings_freq=0,  # the Projector, eval figures and layer health: own tests
+        eval_figures_freq=0,
+        diagnostics_freq=0,
     )
     options.update(overrides)
     return Config(**options)
@@ -121,8 +129,12 @@ def test_three_modes_write_the_same_tags(runs, weights):
             *BATCH_TAGS,
             *weights,
             *(f"{path}/gradient" for path in weights),
+            "keras",
         },
-        "validation": set(EPOCH_TAGS),
+        "validation": {
+            *EPOCH_TAGS,
+            *(f"evaluation_{tag[6:]}_vs_iterations" for tag in EPOCH_TAGS),
+        },
     }
     for split, tags in expected.items():
         by_mode = {
@@ -341,6 +353,116 @@ def test_flags_text_summary(runs, mode):
         assert f"| {field} |" in text, field
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
+def test_hparams_experiment_compares_validation_loss_first(runs, mode):
+    """The experiment config: every hyperparameter that changes training, and the
+    metrics in order, validation loss and accuracy first, no learning rate or seconds."""
+    result, _ = runs[mode]
+    events = read(_dirs(result, ""))
+    content = events.metadata[hparams_metadata.EXPERIMENT_TAG].plugin_data.content
+    experiment = hparams_metadata.parse_experiment_plugin_data(content)
+    metrics = [(m.name.group, m.name.tag) for m in experiment.metric_infos]
+    assert metrics[:4] == [
+        ("validation", "epoch_loss"),
+        ("validation", "epoch_accuracy"),
+        ("train", "epoch_loss"),
+        ("train", "epoch_accuracy"),
+    ]
+    assert {tag for _, tag in metrics} == set(EPOCH_TAGS)
+    names = {info.name for info in experiment.hparam_infos}
+    assert {"clip_norm", "mixed_precision", "task", "lr_halve_epochs", "max_len"} <= names
+    assert not names & {"logdir", "run_name", "verbose", "intra_op_threads"}
+    optimizer = next(i for i in experiment.hparam_infos if i.name == "optimizer")
+    assert "adam" in [v.string_value for v in optimizer.domain_discrete.values]
+    info = hparams_metadata.parse_session_start_info_plugin_data(
+        events.metadata[hparams_metadata.SESSION_START_INFO_TAG].plugin_data.content
+    )
+    assert info.hparams["task"].string_value == "46-class"
+    assert info.hparams["clip_norm"].number_value == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
+def test_validation_against_the_global_step(runs, mode):
+    result, _ = runs[mode]
+    events = read(_dirs(result, "validation"))
+    for tag in EPOCH_TAGS:
+        per_epoch = events.scalars(tag)
+        per_step = events.scalars(f"evaluation_{tag[6:]}_vs_iterations")
+        assert [step for step, _ in per_step] == [
+            STEPS_PER_EPOCH * epoch for epoch in range(1, EPOCHS + 1)
+        ]
+        assert [value for _, value in per_step] == [value for _, value in per_epoch]
+
+
+@pytest.mark.slow
+def test_model_summary_and_keras_graph(runs):
+    result, _ = runs["tape"]
+    events = read(_dirs(result, ""))
+    [(_, text)] = events.values("model_summary")
+    text = text.item().decode()
+    assert 'Model: "sequential"' in text and "Total params" in text
+    assert all(line.startswith("    ") for line in text.splitlines())  # preformatted
+    train_events = read(_dirs(result, "train"))  # beside the op graph
+    [(step, config)] = train_events.values("keras")
+    assert step == 0
+    assert train_events.metadata["keras"].plugin_data.plugin_name == "graph_keras_model"
+    layers = json.loads(config.item().decode())["config"]["layers"]
+    assert any(layer["class_name"] == "Conv1D" for layer in layers)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_user_summaries_recorded_in_every_loop(tmp_path, mode):
+    """A tf.summary call inside the user's layer is written to model/ every
+    summary_every_steps steps, at the step count before the step, also inside the
+    tape loop's compiled multi-step calls, and nothing is retraced after epoch 1."""
+    import user_models
+
+    every, epochs = 4, 2
+    traces_per_epoch = []
+
+    class Traces(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            traces_per_epoch.append(user_models.SummarySpy.traces)
+
+    keras.backend.clear_session()
+    config = _config(tmp_path, mode, epochs=epochs, summary_every_steps=every, histogram_freq=0)
+    result = train(
+        config, print_fn=lambda line: None, callbacks=[Traces()], model=user_models.spied
+    )
+    events = read(Path(result.run_dir) / "model")
+    [mean_tag] = [tag for tag in events.tensors if tag.endswith("spy_mean")]
+    [values_tag] = [tag for tag in events.tensors if tag.endswith("spy_values")]
+    expected = list(range(0, epochs * STEPS_PER_EPOCH, every))
+    assert [step for step, _ in events.scalars(mean_tag)] == expected
+    assert [step for step, _ in events.histograms(values_tag)] == expected
+    assert traces_per_epoch[1] == traces_per_epoch[0]
+    for split in ("train", "validation"):  # recorded in model/ only
+        assert not [tag for tag in read(Path(result.run_dir) / split).tensors if "spy" in tag]
+
+
+def test_resume_purge_keeps_global_step_summaries_by_their_steps(tmp_path):
+    """Before a resume from global step 8 (epoch 1 done): the model's own summaries
+    from step 8 on (written during step 9) and evaluation_*_vs_iterations after step
+    8 are dropped; epoch summaries after epoch 1 are dropped."""
+    from harness.callbacks.events import MODEL_FOLDER, purge_after
+
+    for folder, tag, steps in (
+        (MODEL_FOLDER, "spy_mean", range(0, 12, 2)),
+        ("validation", "evaluation_loss_vs_iterations", (4, 8, 12)),
+        ("validation", "epoch_loss", (1, 2, 3)),
+    ):
+        with tf.summary.create_file_writer(str(tmp_path / folder)).as_default():
+            for step in steps:
+                tf.summary.scalar(tag, float(step), step=step)
+    purge_after(str(tmp_path), global_step=8, epochs_done=1)
+    model, validation = read(tmp_path / MODEL_FOLDER), read(tmp_path / "validation")
+    assert [step for step, _ in model.scalars("spy_mean")] == [0, 2, 4, 6]
+    assert [s for s, _ in validation.scalars("evaluation_loss_vs_iterations")] == [4, 8]
+    assert [step for step, _ in validation.scalars("epoch_loss")] == [1]
+
+
 # --- Learning-rate halving --------------------------------------------------------------
 
 
@@ -409,7 +531,7 @@ def test_histogram_tags_do_not_depend_on_earlier_models(tmp_path, weights):
     histograms = {
         tag
         for tag in set(read(_dirs(result, "train")).tensors)
-        if not tag.startswith(("epoch_", "batch_"))
+        if not tag.startswith(("epoch_", "batch_")) and tag != "keras"
     }
     assert histograms == {*weights, *(f"{path}/gradient" for path in weights)}
 

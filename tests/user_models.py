@@ -8,6 +8,7 @@ import os
 import signal
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 # The builder is not told --num_words; this covers the default (and smaller).
@@ -192,3 +193,25 @@ def compiled_regressor(input_spec, task):
     model = keras.Model(inputs, layers.Dense(task.units)(GatedDense(8)(hidden)), name="gated")
     model.compile(loss=keras.losses.Huber(delta=5.0), metrics=["mae"])
     return model
+
+
+class SummarySpy(layers.Layer):
+    """Passes its input through, writing tf.summary calls as a user's layer does;
+    `traces` counts the Python runs of `call` (one per trace of a compiled step)."""
+
+    traces = 0
+
+    def call(self, x):
+        SummarySpy.traces += 1
+        tf.summary.scalar("spy_mean", tf.reduce_mean(x))
+        tf.summary.histogram("spy_values", x)
+        return x
+
+
+def spied(input_spec, task):
+    """Embedding -> SummarySpy -> global average -> the task's head."""
+    inputs = keras.Input(shape=input_spec.shape[1:], dtype=input_spec.dtype)
+    x = layers.Embedding(VOCABULARY, 8)(inputs)
+    x = SummarySpy(name="spy")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, task.head()(x), name="spied")
