@@ -24,12 +24,10 @@ once per process, atomically; a failed write raises `files.WriteFailed`.
 A model without an Embedding layer writes nothing.
 """
 
-import contextlib
 import errno
 import glob
 import os
 import re
-import shutil
 from collections.abc import Sequence
 
 import keras
@@ -125,14 +123,14 @@ class EmbeddingProjector(keras.callbacks.Callback):
                     raise FileNotFoundError(errno.ENOENT, "the folder was deleted", self.folder)
                 self._checkpoint.write(prefix)
         except files.WriteFailed:
-            _remove(glob.glob(glob.escape(prefix) + "[._]*"))  # its files, TensorFlow's _temp
+            files.remove(glob.glob(glob.escape(prefix) + "[._]*"))  # its files, TensorFlow's _temp
             raise
         files.write_text(
             os.path.join(self.folder, CHECKPOINT_INDEX),
             f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n',
         )
         older = glob.glob(os.path.join(glob.escape(self.folder), f"{CHECKPOINT_NAME}-*"))
-        _remove(path for path in older if not os.path.basename(path).startswith(f"{name}."))
+        files.remove(path for path in older if not os.path.basename(path).startswith(f"{name}."))
 
 
 def embedding_layers(model: keras.Model) -> dict:
@@ -165,16 +163,6 @@ def row_labels(words: Sequence | None, rows: int) -> list:
         word = " ".join(str(word).split()) if word is not None else ""
         labels.append(word or ("<pad>" if i == 0 else f"id_{i}"))
     return labels
-
-
-def _remove(paths) -> None:
-    """Deletes files and folders; one that is gone already or stays is no reason to stop."""
-    for path in paths:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.remove(path)
 
 
 def _safe(name: str) -> str:

@@ -1,6 +1,6 @@
 """Evaluation figures: what the model gets wrong on the validation set, in TensorBoard.
 
-Every `freq` epochs `EvalFigures` predicts the whole validation set once and
+Every `freq` epochs, and at the last, `EvalFigures` predicts the whole validation set once and
 writes to the validation writer, at step = 1-based epoch, for each output
 (tags get `/<output>` appended when the model has several):
 
@@ -47,7 +47,8 @@ class EvalFigures(keras.callbacks.Callback):
     Args:
         writer: `name -> tf.summary.SummaryWriter`, the run's writer per folder;
             everything goes to `writer("validation")`.
-        freq: every this many epochs (1-based epoch % freq == 0); 0 = never.
+        freq: every this many epochs (1-based epoch % freq == 0) and at the last
+            (`params["epochs"]`, which the loops' `CallbackList` sets); 0 = never.
         validation: the validation set, a finite batched `tf.data.Dataset` of
             (x, y); x and y may be dicts (named inputs and outputs).
         outputs: output name -> its number of classes (2: binary; None: regression),
@@ -87,7 +88,8 @@ class EvalFigures(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         step = epoch + 1
-        if not self.freq or step % self.freq:
+        last = step == self.params.get("epochs")  # a short run gets its figures too
+        if not self.freq or (step % self.freq and not last):
             return
         if self._predict is None:
             self._predict = _prediction_function(self.model, self.validation.element_spec[0])

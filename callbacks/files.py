@@ -85,10 +85,15 @@ def write_text(path: str, text: str) -> None:
 def remove_temporaries(folder: str) -> list:
     """Deletes the temporary files (and folders) a killed process left in `folder`."""
     left = glob.glob(os.path.join(glob.escape(folder), f".*{TEMPORARY_SUFFIX}*"))
-    for path in left:
+    remove(left)
+    return left
+
+
+def remove(paths) -> None:
+    """Deletes files and folders; one that is gone already or stays is no reason to stop."""
+    for path in paths:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 os.remove(path)
-    return left

@@ -305,8 +305,8 @@ class Config:
     )
     eval_figures_freq: int = option(
         5,
-        "Every N epochs: predict the validation set for a confusion matrix, PR curves and "
-        "the most confidently wrong examples (0 = off)",
+        "Every N epochs and at the last: predict the validation set for a confusion "
+        "matrix, PR curves and the most confidently wrong examples (0 = off)",
         group=WHERE,
         checks=(off_or_positive,),
     )

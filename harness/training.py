@@ -263,9 +263,9 @@ def _train_in(
                 splits,
                 schedule,
                 print_fn,
-                _compared(config, run_task, log_keys),
                 validation=validation,
                 run_task=run_task,
+                log_keys=log_keys,
             ),
             *user_callbacks,
             checkpointing,
@@ -433,16 +433,16 @@ def _callbacks(
     splits: data.RunData,
     schedule: loops.Schedule,
     print_fn: Callable[[str], None],
-    compared: dict,
     *,
     validation: tf.data.Dataset,
     run_task: task.Task,
+    log_keys: list,
 ) -> list:
     """The run's callbacks that observe and record it, in the order they must see
     each batch: the NaN guard first, so that nothing is written for a step with a
-    NaN loss. `compared`: the HParams tab's hyperparameters, domains and metrics
-    (see `_compared`); `validation`: the validation batches (the evaluation figures
-    predict them); `run_task`: the run's task (its outputs' kinds, for the figures).
+    NaN loss. `validation`: the validation batches (the evaluation figures predict
+    them); `run_task`: the run's task (its outputs' kinds, for the figures);
+    `log_keys`: what the model logs (the metrics HParams compares).
     The caller appends the user's callbacks, then the checkpointing (the epoch's
     commit: after everything that records the epoch), then the signal guard (last,
     so that every other callback has seen the step it stops after)."""
@@ -459,13 +459,14 @@ def _callbacks(
         start_profiler_server(config.profiler_port, print_fn=print_fn)
     if config.embeddings_freq:  # the Projector's checkpoint, config and words
         callbacks.append(EmbeddingProjector(run_dir, config.embeddings_freq, splits.words))
+    probe = splits.probe(config.batch_size)
     summaries = TensorBoardSummaries(
         run_dir,
-        probe_batch=splits.probe(config.batch_size),
+        probe_batch=probe,
         batch_size=config.batch_size,
         every_steps=config.summary_every_steps,
         histogram_freq=config.histogram_freq,
-        **compared,
+        **_compared(config, run_task, log_keys),
         flags=dataclasses.asdict(config),
     )
     if config.diagnostics_freq:  # before the summaries: their epoch end flushes the writer
@@ -473,7 +474,7 @@ def _callbacks(
             LayerHealth(
                 summaries.writer,
                 config.diagnostics_freq,
-                splits.probe(config.batch_size),
+                probe,
                 print_fn=print_fn,
             )
         )

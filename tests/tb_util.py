@@ -192,6 +192,14 @@ class TensorBoardServer:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         return http_get(f"{self.url}{route}{query}")
 
+    def wait_for_run(self, run: str) -> None:
+        """Waits until the server lists `run` with its train and validation runs
+        (startup answers before the first load of the logdir)."""
+        self.wait_for(
+            lambda: {run, f"{run}/train", f"{run}/validation"} <= set(self.get_json("/data/runs")),
+            what="TensorBoard to list the run",
+        )
+
     def get_json(self, route: str, **params):
         """The JSON body of GET `route`; AssertionError on a non-200 answer."""
         status, body = self.get(route, **params)

@@ -83,12 +83,7 @@ def server(trained, tmp_path_factory):
     logdir, result = trained
     log = tmp_path_factory.mktemp("browser-tb") / "tensorboard.log"
     with tb_util.TensorBoardServer(logdir, log) as running:
-        running.wait_for(
-            lambda: (
-                {RUN, f"{RUN}/train", f"{RUN}/validation"} <= set(running.get_json("/data/runs"))
-            ),
-            what="TensorBoard to list the run",
-        )
+        running.wait_for_run(RUN)
         # The Projector finds out in a background thread, at the first listing, that
         # it has data; the page reads the listing once, when it loads.
         if list(Path(result.run_dir).rglob("projector_config.pbtxt")):

@@ -341,11 +341,12 @@ def test_predictions_trace_once_and_a_failed_rendering_is_one_warning(tmp_path, 
         lambda name: writer, 2, validation, outputs={"": 3}, print_fn=lines.append
     )
     figures.set_model(model)
-    for epoch in range(4):
+    figures.set_params({"epochs": 5})
+    for epoch in range(5):
         figures.on_epoch_end(epoch)
     assert figures.traces == 1 and not lines
     writer.flush()
-    assert read(str(tmp_path)).steps("confusion_matrix") == [2, 4]
+    assert read(str(tmp_path)).steps("confusion_matrix") == [2, 4, 5]  # and the last epoch
 
     def broken(*args):
         raise ValueError("no fonts")

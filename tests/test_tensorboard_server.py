@@ -84,14 +84,7 @@ def server(finished_run, tmp_path_factory):
     logdir, _ = finished_run
     log = tmp_path_factory.mktemp("tb-server") / "tensorboard.log"
     with tb_util.TensorBoardServer(logdir, log) as running:
-        # Startup answers before the first load of the logdir: wait for the runs.
-        running.wait_for(
-            lambda: (
-                {RUN, f"{RUN}/train", f"{RUN}/validation"} <= set(running.get_json("/data/runs"))
-            ),
-            what="TensorBoard to list the run",
-            timeout=60,
-        )
+        running.wait_for_run(RUN)
         yield running
     assert running.process.poll() is not None, "the server is still running"
 
