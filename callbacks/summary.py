@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
-from . import run_info
+from . import files, run_info
 from .base import StepCallback
 from .events import MODEL_FOLDER, event_files, events
 
@@ -210,8 +210,7 @@ def _remove_if_empty(folder: str) -> None:
     """Removes `folder` if its event files hold no summary: a model that calls no
     tf.summary leaves no empty `model` run in TensorBoard."""
     if os.path.isdir(folder) and not any(event.summary.value for event in events(folder)):
-        for path in event_files(folder):
-            os.remove(path)
+        files.remove(event_files(folder))  # best-effort: a read-only folder keeps it
         with contextlib.suppress(OSError):  # something else is in it
             os.rmdir(folder)
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+import proc_util
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,15 @@ SHARED_DATA = Path(
 
 # Small enough for ~1 s per epoch; 250 is not a multiple of 32, so every pass
 # over the data ends with a partial batch (8 train steps, 2 validation batches).
-TINY = dict(num_examples=250, max_len=60, num_words=1000, batch_size=32, epochs=1, verbose=0)
+TINY = dict(
+    num_examples=250,
+    max_len=60,
+    num_words=1000,
+    batch_size=32,
+    epochs=1,
+    verbose=0,
+    **proc_util.OBSERVERS_OFF,  # the tests of the Projector, figures and health turn them on
+)
 
 
 def pytest_configure(config):

@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The Projector, the evaluation figures and layer health, off: most tests are about
+# something else, and together they cost a tiny run ~0.5 s (their own tests turn them on).
+OBSERVERS_OFF = {"embeddings_freq": 0, "eval_figures_freq": 0, "diagnostics_freq": 0}
+OBSERVERS_OFF_FLAGS = [f"--{name}=0" for name in OBSERVERS_OFF]
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)\.index$")
 
 

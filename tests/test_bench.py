@@ -17,6 +17,7 @@ BENCH = REPO / "scripts" / "bench.py"
 VARIANTS = (
     "bare-fit",
     "bare-fit-stream",
+    "bare-fit-keras-logging",
     "bare-tape",
     "bare-tape-ingraph",
     "bare-train_on_batch",
@@ -67,6 +68,9 @@ def test_quick_run_measures_every_variant(tmp_path):
         assert rows[f"harness-{mode}"]["hook_share_pct"] > 0
         assert rows[f"harness-{mode}"]["logging_cost_hooks_pct"] is not None
     assert rows["bare-tape"]["hook_share_pct"] == 0  # a loop with no callbacks
+    # the pause after an epoch (validation and every epoch end) as a share of it
+    for variant in ("bare-fit", "bare-fit-keras-logging", "harness-fit", "harness-tape-nolog"):
+        assert 0 < rows[variant]["pause_share_pct"] < 100, variant
     assert result["targets"], "the issue's targets are checked"
     interleaved = result["main"]["interleaved_tape"]  # the ceiling between tape executions
     assert interleaved["executions"] == len(interleaved["pairs"]) > 0

@@ -39,7 +39,9 @@ SUBCLASS_LINE = (
     "gradient norms and update ratios are still written"
 )
 # Everything else that costs time per epoch is off: these runs are about health alone.
-QUIET = dict(histogram_freq=0, embeddings_freq=0, eval_figures_freq=0, epochs=EPOCHS)
+QUIET = dict(
+    histogram_freq=0, embeddings_freq=0, eval_figures_freq=0, diagnostics_freq=1, epochs=EPOCHS
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import proc_util
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,7 @@ TINY = [
     "--batch_size=32",
     "--learning_rate=0.005",
     "--verbose=0",
+    *proc_util.OBSERVERS_OFF_FLAGS,
 ]
 MIRRORED = ["--strategy=mirrored", "--cpu_replicas=2"]
 LOSS_RTOL = 0.01

@@ -37,6 +37,7 @@ TINY_FLAGS = [
     "--num_words=1000",
     "--batch_size=32",
     "--histogram_freq=0",
+    *proc_util.OBSERVERS_OFF_FLAGS,
 ]
 
 

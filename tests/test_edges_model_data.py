@@ -42,6 +42,7 @@ TINY_FLAGS = [
     "--histogram_freq=0",
     "--logdir=logs",
     "--run_name=r",
+    *proc_util.OBSERVERS_OFF_FLAGS,
 ]
 
 

@@ -36,6 +36,7 @@ TINY_FLAGS = [
     "--verbose=0",
     "--logdir=logs",
     "--histogram_freq=0",
+    *proc_util.OBSERVERS_OFF_FLAGS,
 ]
 
 

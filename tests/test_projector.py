@@ -42,6 +42,7 @@ from harness.callbacks.embeddings import (  # noqa: E402
 MODES = ("fit", "train_on_batch", "tape")
 EPOCHS = 2
 KEYWORD = re.compile(r"class(\d+)_kw(\d+)")
+ON = dict(embeddings_freq=1)  # the tests' tiny config turns it off
 
 
 class FinalWeights(keras.callbacks.Callback):
@@ -79,7 +80,8 @@ def runs(tmp_path_factory, tiny_config) -> tuple:
     """(logdir, {mode: (run directory, final weights)}): two epochs in each loop."""
     logdir = tmp_path_factory.mktemp("projector") / "logs"
     return logdir, {
-        mode: _train(tiny_config(logdir, mode=mode, run_name=mode, epochs=EPOCHS)) for mode in MODES
+        mode: _train(tiny_config(logdir, mode=mode, run_name=mode, epochs=EPOCHS, **ON))
+        for mode in MODES
     }
 
 
@@ -135,13 +137,15 @@ def test_metadata_has_a_line_per_row_with_the_keywords(runs, mode):
 def test_subclassed_model_and_its_resume(make_config):
     """A `keras.Model` subclass (its Embedding is an attribute); a resumed run (a
     new `train`) writes the next epoch into the same files and drops the older one."""
-    config = make_config(model="subclass", run_name="sub", epochs=1)
+    config = make_config(model="subclass", run_name="sub", epochs=1, **ON)
     run_dir, weights = _train(config)
     folder = run_dir / "train"
     assert list(weights) == ["embedding"]
     assert [e.tensor_name for e in _config(folder).embeddings] == ["embedding" + TENSOR_SUFFIX]
     first = _metadata(folder)
-    run_dir, weights = _train(make_config(model="subclass", run_name="sub", epochs=2, resume=True))
+    run_dir, weights = _train(
+        make_config(model="subclass", run_name="sub", epochs=2, resume=True, **ON)
+    )
     latest = tf.train.latest_checkpoint(str(folder))
     assert latest == str(folder / "embeddings-2")
     assert not list(folder.glob("embeddings-1*"))
@@ -155,7 +159,7 @@ def test_reuters_words_from_the_word_index(make_config, shared_data, reuters_npz
     with open(shared_data / "reuters_word_index.json") as f:
         index = json.load(f)
     by_rank = {rank: word for word, rank in index.items()}
-    config = make_config(dataset="reuters", data_dir=str(shared_data))
+    config = make_config(dataset="reuters", data_dir=str(shared_data), **ON)
     run_dir, weights = _train(config)
     lines = _metadata(run_dir / "train")
     assert len(lines) == 1000

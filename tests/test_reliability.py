@@ -640,6 +640,7 @@ TINY_FLAGS = [
     "--num_words=1000",
     "--verbose=0",
     "--logdir=logs",
+    *proc_util.OBSERVERS_OFF_FLAGS,
 ]
 POST_TF_BAD = {
     "resume-other-dataset": (

@@ -123,6 +123,27 @@ def test_tensorboard_steps_written_once(pair, split):
 
 
 @pytest.mark.slow
+def test_what_is_inside_the_model_is_written_once_per_step_across_the_resume(pair):
+    """Layer health, the Projector, validation against the global step and the
+    evaluation figures (every 5 epochs and at the last: the first part's epoch 3 too)."""
+    straight, resumed, _ = pair
+    for result, figure_epochs in ((straight, [5, 6]), (resumed, [3, 5, 6])):
+        run = Path(result.run_dir)
+        train_events, validation = read(run / "train"), read(run / "validation")
+        health = [s for s, _ in train_events.scalars("health/gradient_norm")]
+        assert health == list(range(1, 7))
+        per_step = [s for s, _ in validation.scalars("evaluation_loss_vs_iterations")]
+        assert per_step == [STEPS_PER_EPOCH * epoch for epoch in range(1, 7)]
+        assert validation.steps("confusion_matrix") == figure_epochs
+        assert "embeddings-6" in (run / "train" / "checkpoint").read_text()
+    straight_norms = read(Path(straight.run_dir) / "train").scalars("health/gradient_norm")
+    resumed_norms = read(Path(resumed.run_dir) / "train").scalars("health/gradient_norm")
+    np.testing.assert_allclose(
+        [v for _, v in resumed_norms], [v for _, v in straight_norms], rtol=1e-3
+    )
+
+
+@pytest.mark.slow
 def test_halving_survives_the_resume(pair):
     straight, resumed, console = pair
     for result in (straight, resumed):

@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import proc_util
 import pytest
 import tensorflow as tf
 
@@ -37,7 +38,7 @@ MULTI_IO_KEYS = (
     "department_accuracy",
 )
 # Faster runs: no weight/gradient histograms (they are tested elsewhere).
-FAST = dict(histogram_freq=0)
+FAST = dict(histogram_freq=0, **proc_util.OBSERVERS_OFF)
 
 
 def _no_gpu() -> bool:
