@@ -122,7 +122,10 @@ def test_memory_in_fresh_subprocesses(tmp_path):
 
 @pytest.mark.slow
 def test_knob_table(tmp_path):
-    done = _bench("--quick", "--knobs", "--out", str(tmp_path))
+    # Every knob but inter_op_threads=1, which runs as intra_op_threads=1 does (fresh
+    # processes; each costs the suite a TensorFlow start per loop).
+    knobs = "jit_compile,mixed_precision,steps_per_execution=1,steps_per_execution=epoch"
+    done = _bench("--quick", "--knobs", f"{knobs},intra_op_threads=1", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {
         (r["mode"], r["knob"]): r
@@ -142,13 +145,9 @@ def test_knob_table(tmp_path):
     assert rejected.get("speedup") is None
     for mode in ("fit", "train_on_batch", "tape"):  # in fresh processes, paired likewise
         assert rows[(mode, "defaults, own process")]["examples_per_second"] > 0
-        for knob, field in (
-            ("intra_op_threads=1", "intra_op_threads"),
-            ("inter_op_threads=1", "inter_op_threads"),
-        ):
-            assert rows[(mode, knob)]["fields"] == {field: 1}
-            assert rows[(mode, knob)]["speedup"] > 0, (mode, knob)
-    assert len(list((tmp_path / "processes").glob("*.json"))) == 9
+        assert rows[(mode, "intra_op_threads=1")]["fields"] == {"intra_op_threads": 1}
+        assert rows[(mode, "intra_op_threads=1")]["speedup"] > 0, mode
+    assert len(list((tmp_path / "processes").glob("*.json"))) == 6
     markdown = (tmp_path / "bench.md").read_text()
     assert "## Knobs" in markdown
     assert "| knob | fit | train_on_batch | tape |" in markdown

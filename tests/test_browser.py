@@ -225,45 +225,59 @@ def _graph(browser):
     return page if page and (page["nodes"] or page["failed"]) else None
 
 
-def test_graphs_dashboard_draws_the_op_graph(browser, server):
+@pytest.mark.parametrize(
+    ("kind", "tag", "top"),
+    [("op_graph", "Default", "nadam"), ("conceptual_graph", "keras", "sequential")],
+)
+def test_graphs_dashboard_draws_the_op_and_the_keras_graph(browser, server, kind, tag, top):
+    """The op graph (its top level: the model's call, the loss, the optimizer) and
+    the Keras conceptual graph (its top level: the model), each picked as a person
+    would: the run, then the tag, then the graph type."""
     train = f"{RUN}/train"
-    assert server.get_json("/data/plugin/graphs/info")[train]["run_graph"]
+    info = server.get_json("/data/plugin/graphs/info")[train]
+    assert info["run_graph"] and info["tags"]["keras"]["conceptual_graph"], info
     browser.open("#graphs")
+    for menu_index, wanted in ((0, train), (1, tag)):
+        _pick(browser, menu_index, wanted)
+    [radio] = [
+        radio
+        for radio in browser.query("paper-radio-button", "tf-graph-controls")
+        if radio.get_attribute("name") == kind
+    ]
+    if radio.get_attribute("aria-checked") != "true":
+        radio.click()
 
-    def run_items(displayed: bool):
+    def graph_drawn():
+        page = _graph(browser)
+        return page if page and (page["failed"] or top in page["nodes"]) else None
+
+    page = browser.wait_for(graph_drawn, what=f"the {kind} of {train}", screenshot="graphs")
+    browser.screenshot(f"03-graphs-{kind}")
+    assert radio.get_attribute("aria-checked") == "true"
+    assert not page["failed"], page["failed"]
+    if kind == "conceptual_graph":
+        assert "nadam" not in page["nodes"], page["nodes"]  # the layers only
+    else:
+        assert len(page["nodes"]) >= 5, page["nodes"]
+
+
+def _pick(browser, menu_index: int, wanted: str) -> None:
+    """Opens the graph controls' `menu_index`-th menu (0: run, 1: tag) and picks `wanted`."""
+
+    def items(displayed: bool):
         return [
             item
             for item in browser.query("paper-item", "tf-graph-controls")
-            if item.get_attribute("textContent").strip() == train
+            if item.get_attribute("textContent").strip() == wanted
             and (item.is_displayed() or not displayed)
         ]
 
-    # Pick the train run in the Run menu, as a person would.
-    browser.wait_for(lambda: run_items(False), what=f"{train} in the Run menu")
-    [menu, *_] = browser.query("paper-dropdown-menu", "tf-graph-controls")
-    menu.click()
+    browser.wait_for(lambda: items(False), what=f"{wanted} in a menu")
+    browser.query("paper-dropdown-menu", "tf-graph-controls")[menu_index].click()
     [item] = browser.wait_for(
-        lambda: run_items(True), what=f"{train} in the opened Run menu", screenshot="graphs"
+        lambda: items(True), what=f"{wanted} in the opened menu", screenshot="graphs"
     )
     item.click()
-    [op_graph] = [
-        radio
-        for radio in browser.query("paper-radio-button", "tf-graph-controls")
-        if radio.get_attribute("name") == "op_graph"
-    ]
-    if op_graph.get_attribute("aria-checked") != "true":
-        op_graph.click()
-
-    def op_graph_drawn():
-        page = _graph(browser)
-        if page and (page["failed"] or any(str(n).startswith("sequential") for n in page["nodes"])):
-            return page
-        return None
-
-    page = browser.wait_for(op_graph_drawn, what=f"the op graph of {train}", screenshot="graphs")
-    browser.screenshot("03-graphs-op-graph")
-    assert not page["failed"], page["failed"]
-    assert len(page["nodes"]) >= 5, page["nodes"]
 
 
 def test_graphs_dashboard_first_view_draws_a_graph(browser):
