@@ -317,6 +317,24 @@ class Config:
         group=WHERE,
         checks=(off_or_positive,),
     )
+    early_stopping_patience: int = option(
+        0,
+        "Stop once --monitor has gone N epochs without improving by more than "
+        "--early_stopping_min_delta (0 = never; exact across --resume)",
+        group=HOW,
+        checks=(off_or_positive,),
+    )
+    early_stopping_min_delta: float = option(
+        0.0,
+        "What counts as an improvement for --early_stopping_patience: more than this",
+        group=HOW,
+        checks=(non_negative,),
+    )
+    early_stopping_restore_best: bool = option(
+        False,
+        "When stopping early, go back to the best model's weights (best.keras by --monitor)",
+        group=HOW,
+    )
     lr_halve_epochs: tuple = option(
         (5,),
         "1-based epochs at whose start the learning rate is multiplied by "
@@ -538,6 +556,14 @@ def _resume_rules(config: Config) -> None:
         )
 
 
+def _early_stopping_rules(config: Config) -> None:
+    if config.early_stopping_patience:
+        return
+    for name in ("early_stopping_min_delta", "early_stopping_restore_best"):
+        if getattr(config, name):
+            raise UsageError(f"--{name} applies with --early_stopping_patience only; set that too")
+
+
 def _data_dir_holds_the_file(config: Config) -> None:
     if config.dataset in catalog.DATA_FILES and config.model not in catalog.OWN_DATA_MODELS:
         catalog.check_data_dir(config.dataset, config.data_dir)
@@ -552,5 +578,6 @@ _RULES = (
     _own_data_model_rules,
     _user_data_rules,
     _resume_rules,
+    _early_stopping_rules,
     _data_dir_holds_the_file,
 )

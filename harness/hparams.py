@@ -33,6 +33,9 @@ _SHORT = {
     "lr_halve_epochs": "halve",
     "mixed_precision": "mp",
     "jit_compile": "xla",
+    "early_stopping_patience": "patience",
+    "early_stopping_min_delta": "min_delta",
+    "early_stopping_restore_best": "restore",
 }
 _NAME_PART_MAX = 80  # bytes of a default run name spent on what differs
 

@@ -40,6 +40,7 @@ from harness.callbacks.checkpoint import (
     restore_latest,
 )
 from harness.callbacks.diagnostics import LayerHealth
+from harness.callbacks.early_stopping import EarlyStopping, patience_state
 from harness.callbacks.embeddings import EmbeddingProjector
 from harness.callbacks.epoch_state import EpochMetricsState
 from harness.callbacks.eval_figures import EvalFigures
@@ -227,6 +228,7 @@ def _train_in(
         # steps: there the resumed epoch averages the steps after the resume).
         loops.build_metrics(model, splits.probe(config.batch_size))
         metrics_state.resume_at(schedule.initial_epoch)
+    _check_not_stopped_early(config, run_dir, schedule.initial_epoch)
     if schedule.initial_epoch >= config.epochs:
         if config.export:  # a finished run exported (again): nothing is trained or rewritten
             history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE))
@@ -304,6 +306,22 @@ def _train_in(
     if config.export:
         _export(run_dir, model, splits, print_fn)
     return Result(run_dir=run_dir, history=history, trace_counts=dict(traces))
+
+
+def _check_not_stopped_early(config: Config, run_dir: str, initial_epoch: int) -> None:
+    """Refuses to resume a run that early stopping ended (it would stop again at once)."""
+    if not config.early_stopping_patience or config.export:
+        return
+    values = _earlier_values(config, run_dir, initial_epoch)
+    _, wait = patience_state(
+        values, report.higher_is_better(config.monitor), config.early_stopping_min_delta
+    )
+    if wait >= config.early_stopping_patience:
+        raise UsageError(
+            f"--resume: the run stopped early after epoch {initial_epoch} ({config.monitor} "
+            f"did not improve for {wait} epochs); pass a larger --early_stopping_patience "
+            "(or 0) to train it further"
+        )
 
 
 def _export(
@@ -447,6 +465,7 @@ def _callbacks(
     commit: after everything that records the epoch), then the signal guard (last,
     so that every other callback has seen the step it stops after)."""
     callbacks = [NonFiniteLossGuard()]
+    best_path = os.path.join(run_dir, rundir.BEST_MODEL_FILE)
     if config.lr_halve_epochs:
         callbacks.append(
             LearningRateHalving(
@@ -493,13 +512,25 @@ def _callbacks(
     callbacks += [
         summaries,
         BestModel(
-            os.path.join(run_dir, rundir.BEST_MODEL_FILE),
+            best_path,
             config.monitor,
             report.higher_is_better(config.monitor),
             _best_so_far(config, run_dir, schedule.initial_epoch),
         ),
         HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE), schedule.initial_epoch),
     ]
+    if config.early_stopping_patience:  # after the best model: it may restore that
+        callbacks.append(
+            EarlyStopping(
+                config.monitor,
+                report.higher_is_better(config.monitor),
+                config.early_stopping_patience,
+                config.early_stopping_min_delta,
+                earlier=_earlier_values(config, run_dir, schedule.initial_epoch),
+                best_path=best_path if config.early_stopping_restore_best else None,
+                print_fn=print_fn,
+            )
+        )
     return callbacks
 
 
@@ -532,12 +563,17 @@ def _restore(
     return step
 
 
-def _best_so_far(config: Config, run_dir: str, initial_epoch: int) -> float | None:
-    """The best --monitor value of the epochs before a resume, from history.json."""
+def _earlier_values(config: Config, run_dir: str, initial_epoch: int) -> list:
+    """The --monitor values of the epochs before a resume, from history.json."""
     path = os.path.join(run_dir, rundir.HISTORY_FILE)
     if not initial_epoch or not os.path.exists(path):
-        return None
-    values = rundir.read_json(path).get(config.monitor, [])[:initial_epoch]
+        return []
+    return rundir.read_json(path).get(config.monitor, [])[:initial_epoch]
+
+
+def _best_so_far(config: Config, run_dir: str, initial_epoch: int) -> float | None:
+    """The best --monitor value of the epochs before a resume."""
+    values = _earlier_values(config, run_dir, initial_epoch)
     if not values:
         return None
     return max(values) if report.higher_is_better(config.monitor) else min(values)
