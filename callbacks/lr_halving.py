@@ -1,8 +1,10 @@
 """Learning-rate halving at chosen epochs (the old recipe halved it at epoch 5).
 
-The rate for an epoch is computed from the initial rate and the halving epochs
-already reached, and *set* (not multiplied) at every epoch start, so a resumed
-run lands on exactly the rate an uninterrupted run would have.
+The rate is *multiplied* at the start of each halving epoch, so a change another
+callback makes (a user's `ReduceLROnPlateau`) stays. The rate lives in the
+optimizer, which the checkpoint holds: a resumed run goes on from the saved rate,
+and an epoch resumed in its middle, whose halving the checkpoint already holds,
+is not halved again.
 """
 
 from collections.abc import Callable, Sequence
@@ -14,7 +16,6 @@ class LearningRateHalving(keras.callbacks.Callback):
     """Multiplies the learning rate by `factor` at the start of each epoch in `epochs`.
 
     Args:
-        initial_rate: the rate of epoch 1.
         epochs: 1-based epochs at whose start the rate is multiplied by `factor`.
         factor: the multiplier (0.5 halves).
         print_fn: where the change is announced.
@@ -22,21 +23,15 @@ class LearningRateHalving(keras.callbacks.Callback):
 
     def __init__(
         self,
-        initial_rate: float,
         epochs: Sequence[int],
         factor: float = 0.5,
         print_fn: Callable[[str], None] = print,
     ) -> None:
         super().__init__()
-        self.initial_rate = initial_rate
         self.epochs = sorted(set(epochs))
         self.factor = factor
         self.print_fn = print_fn
-
-    def rate_for(self, epoch: int) -> float:
-        """The learning rate of 0-based `epoch`."""
-        reached = sum(1 for e in self.epochs if e <= epoch + 1)
-        return self.initial_rate * self.factor**reached
+        self._resumed_mid_epoch = False
 
     @staticmethod
     def check(optimizer: keras.optimizers.Optimizer) -> None:
@@ -53,9 +48,16 @@ class LearningRateHalving(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         self.check(self.model.optimizer)
+        steps = self.params.get("steps") or 0
+        step = int(self.model.optimizer.iterations.numpy())
+        self._resumed_mid_epoch = bool(steps) and step % steps != 0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        rate = self.rate_for(epoch)
-        if epoch + 1 in self.epochs:
-            self.print_fn(f"Epoch {epoch + 1}: learning rate x{self.factor:g} -> {rate:.6g}")
-        self.model.optimizer.learning_rate.assign(rate)
+        resumed_here, self._resumed_mid_epoch = self._resumed_mid_epoch, False
+        if epoch + 1 not in self.epochs or resumed_here:
+            return
+        rate = self.model.optimizer.learning_rate
+        rate.assign(float(rate.numpy()) * self.factor)
+        self.print_fn(
+            f"Epoch {epoch + 1}: learning rate x{self.factor:g} -> {float(rate.numpy()):.6g}"
+        )

@@ -468,9 +468,7 @@ def _callbacks(
     best_path = os.path.join(run_dir, rundir.BEST_MODEL_FILE)
     if config.lr_halve_epochs:
         callbacks.append(
-            LearningRateHalving(
-                config.learning_rate, config.lr_halve_epochs, config.lr_halve_factor, print_fn
-            )
+            LearningRateHalving(config.lr_halve_epochs, config.lr_halve_factor, print_fn)
         )
     if config.profile_steps:
         callbacks.append(ProfilerCallback(run_dir, config.profile_steps, print_fn=print_fn))

@@ -506,7 +506,7 @@ def test_halving_a_schedule_is_a_clear_error():
             y,
             epochs=2,
             verbose=0,
-            callbacks=[LearningRateHalving(1e-3, (2,), print_fn=lambda s: None)],
+            callbacks=[LearningRateHalving((2,), print_fn=lambda s: None)],
         )
     LearningRateHalving.check(keras.optimizers.Adam(1e-3))  # a plain rate is fine
 

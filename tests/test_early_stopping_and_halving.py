@@ -77,3 +77,57 @@ def test_restores_the_best_models_weights(make_config):
     best = keras.saving.load_model(f"{result.run_dir}/best.keras", compile=False)
     for restored, saved in zip(seen["weights"], best.get_weights()):
         np.testing.assert_array_equal(restored, saved)
+
+
+@pytest.mark.parametrize("mode", ("fit", "tape"))
+@pytest.mark.slow
+def test_halving_keeps_a_users_learning_rate_callback(make_config, mode, tmp_path):
+    """A user's ReduceLROnPlateau (x0.1 after epoch 2) stays: the halving of epoch 3
+    multiplies the rate it left, it does not set the rate the halving alone gives."""
+    from harness.callbacks.events import read
+
+    keras.backend.clear_session()
+    config = make_config(mode=mode, run_name="plateau", epochs=3, lr_halve_epochs=(3,))
+    plateau = keras.callbacks.ReduceLROnPlateau(factor=0.1, patience=0, min_delta=100.0)
+    result = train(config, print_fn=lambda line: None, callbacks=[plateau])
+    rates = [rate for _, rate in read(f"{result.run_dir}/train").scalars("epoch_learning_rate")]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3, 1e-3 * 0.1 * 0.5], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_inside_its_halving_epoch_is_not_halved_twice(make_config):
+    """Stopped (SIGINT) in the middle of epoch 2, the halving epoch, and resumed: the
+    rates per epoch and per step are those of an uninterrupted run."""
+    import os
+    import signal
+
+    from harness.callbacks.events import read
+    from harness.errors import RunInterrupted
+
+    class StopAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 11:  # epoch 2 has 8..15
+                os.kill(os.getpid(), signal.SIGINT)
+
+    options = dict(epochs=3, lr_halve_epochs=(2,), summary_every_steps=1, mode="tape")
+    options.update(steps_per_execution=1)
+    runs = {}
+    for name in ("straight", "stopped"):
+        keras.backend.clear_session()
+        callbacks = [StopAt()] if name == "stopped" else []
+        config = make_config(run_name=name, **options)
+        try:
+            runs[name] = train(config, print_fn=lambda line: None, callbacks=callbacks)
+        except RunInterrupted:
+            keras.backend.clear_session()
+            resumed = make_config(run_name=name, resume=True, **options)
+            runs[name] = train(resumed, print_fn=lambda line: None)
+    assert set(runs) == {"straight", "stopped"}
+    for tag in ("epoch_learning_rate", "batch_learning_rate"):
+        straight, stopped = (
+            read(f"{runs[name].run_dir}/train").scalars(tag) for name in ("straight", "stopped")
+        )
+        assert [step for step, _ in stopped] == [step for step, _ in straight], tag
+        np.testing.assert_allclose([r for _, r in stopped], [r for _, r in straight], rtol=1e-6)
+    epoch_rates = read(f"{runs['straight'].run_dir}/train").scalars("epoch_learning_rate")
+    assert [rate for _, rate in epoch_rates] == pytest.approx([1e-3, 5e-4, 5e-4])
