@@ -1,10 +1,9 @@
 """The best model so far, saved as a `.keras` file that is never half-written."""
 
-import math
-
 import keras
 
 from . import files
+from .early_stopping import improves
 
 
 class BestModel(keras.callbacks.Callback):
@@ -32,16 +31,9 @@ class BestModel(keras.callbacks.Callback):
         self.higher_is_better = higher_is_better
         self.best = best
 
-    def _improves(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.best is None:
-            return True
-        return value > self.best if self.higher_is_better else value < self.best
-
     def on_epoch_end(self, epoch, logs=None) -> None:
         value = (logs or {}).get(self.monitor)
-        if value is None or not self._improves(float(value)):
+        if value is None or not improves(float(value), self.best, self.higher_is_better):
             return
         self.best = float(value)
         files.atomic_write(self.path, self.model.save, suffix=".keras")

@@ -13,8 +13,11 @@ from collections.abc import Callable, Sequence
 import keras
 
 
-def improves(value: float, best: float | None, higher_is_better: bool, min_delta: float) -> bool:
-    """Whether `value` beats `best` by more than `min_delta` (a non-finite value never does)."""
+def improves(
+    value: float, best: float | None, higher_is_better: bool, min_delta: float = 0.0
+) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` (a non-finite value never
+    does; anything finite beats no best)."""
     if not math.isfinite(value):
         return False
     if best is None:
