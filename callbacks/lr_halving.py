@@ -1,15 +1,17 @@
 """Learning-rate halving at chosen epochs (the old recipe halved it at epoch 5).
 
-The rate is *multiplied* at the start of each halving epoch, so a change another
-callback makes (a user's `ReduceLROnPlateau`) stays. The rate lives in the
-optimizer, which the checkpoint holds: a resumed run goes on from the saved rate,
-and an epoch resumed in its middle, whose halving the checkpoint already holds,
-is not halved again.
+The rate is *multiplied* at the start of each halving epoch (`lr_schedule.multiply`),
+so a change another callback makes (a user's `ReduceLROnPlateau`) stays. The rate
+(or its schedule's scale) is checkpointed: a resumed run goes on from the saved
+rate, and an epoch resumed in its middle, whose halving the checkpoint already
+holds, is not halved again.
 """
 
 from collections.abc import Callable, Sequence
 
 import keras
+
+from . import lr_schedule
 
 
 class LearningRateHalving(keras.callbacks.Callback):
@@ -36,15 +38,7 @@ class LearningRateHalving(keras.callbacks.Callback):
     @staticmethod
     def check(optimizer: keras.optimizers.Optimizer) -> None:
         """Raises ValueError if `optimizer`'s rate is a schedule, which cannot be halved."""
-        # Keras 3's `learning_rate` property evaluates a schedule; `_learning_rate`
-        # holds the schedule object itself (or the variable of a plain rate).
-        rate = getattr(optimizer, "_learning_rate", optimizer.learning_rate)
-        if not isinstance(rate, keras.Variable):
-            raise ValueError(
-                f"learning-rate halving needs a plain learning rate, but the optimizer "
-                f"uses a schedule ({type(rate).__name__}); remove the schedule or "
-                "disable halving with an empty --lr_halve_epochs"
-            )
+        lr_schedule.check(optimizer)
 
     def on_train_begin(self, logs=None) -> None:
         self.check(self.model.optimizer)
@@ -56,8 +50,5 @@ class LearningRateHalving(keras.callbacks.Callback):
         resumed_here, self._resumed_mid_epoch = self._resumed_mid_epoch, False
         if epoch + 1 not in self.epochs or resumed_here:
             return
-        rate = self.model.optimizer.learning_rate
-        rate.assign(float(rate.numpy()) * self.factor)
-        self.print_fn(
-            f"Epoch {epoch + 1}: learning rate x{self.factor:g} -> {float(rate.numpy()):.6g}"
-        )
+        rate = lr_schedule.multiply(self.model.optimizer, self.factor)
+        self.print_fn(f"Epoch {epoch + 1}: learning rate x{self.factor:g} -> {rate:.6g}")

@@ -17,6 +17,10 @@ from tensorboard.plugins.graph import metadata as graph_metadata
 from tensorboard.plugins.hparams import api as hparams_api
 
 TRAIN, VALIDATION = "train", "validation"
+# A run in a folder holding this file is a trial of `harness.sweep`, which writes the
+# experiment config (the swept domains) at the folder's root: TensorBoard's HParams
+# tab shows one experiment config, picked from any run that has one.
+SWEEP_FILE = "sweep.json"
 KERAS_GRAPH_TAG = "keras"  # the tag Keras 2's TensorBoard callback gave the model's config
 
 
@@ -29,8 +33,9 @@ def write(
     metrics: list,
     flags: dict,
 ) -> None:
-    """Writes the run's hyperparameters, experiment config, flags and the model's
-    summary to the default writer (the run directory's).
+    """Writes the run's hyperparameters, experiment config (a sweep's trial leaves
+    that to the sweep), flags and the model's summary to the default writer (the
+    run directory's).
 
     Args:
         run_dir: the run directory (its name is the HParams trial id).
@@ -42,6 +47,15 @@ def write(
             order the HParams table shows them.
         flags: every option of the run, as a text table.
     """
+    if not os.path.exists(os.path.join(os.path.dirname(run_dir), SWEEP_FILE)):
+        _experiment_config(hparams, domains, metrics)
+    hparams_api.hparams(hparams, trial_id=os.path.basename(run_dir))
+    rows = "\n".join(f"| {name} | {value!r} |" for name, value in flags.items())
+    tf.summary.text("flags", f"| flag | value |\n|---|---|\n{rows}")
+    tf.summary.text("model_summary", _summary_text(model))
+
+
+def _experiment_config(hparams: dict, domains: dict, metrics: list) -> None:
     hparams_api.hparams_config(
         hparams=[
             hparams_api.HParam(name, hparams_api.Discrete(list(domains[name])))
@@ -49,12 +63,8 @@ def write(
             else hparams_api.HParam(name)
             for name in hparams
         ],
-        metrics=[_metric(key) for key in metrics],
+        metrics=[metric(key) for key in metrics],
     )
-    hparams_api.hparams(hparams, trial_id=os.path.basename(run_dir))
-    rows = "\n".join(f"| {name} | {value!r} |" for name, value in flags.items())
-    tf.summary.text("flags", f"| flag | value |\n|---|---|\n{rows}")
-    tf.summary.text("model_summary", _summary_text(model))
 
 
 def write_keras_graph(model: keras.Model) -> None:
@@ -93,7 +103,8 @@ def keras_graph(model: keras.Model) -> str | None:
         return None
 
 
-def _metric(key: str) -> hparams_api.Metric:
+def metric(key: str) -> hparams_api.Metric:
+    """The HParams metric of log key `key` ('val_loss': the validation run's epoch_loss)."""
     group, name = (VALIDATION, key[4:]) if key.startswith("val_") else (TRAIN, key)
     return hparams_api.Metric(f"epoch_{name}", group=group, display_name=f"{group} {name}")
 

@@ -34,6 +34,7 @@ DATASETS = catalog.BUILTIN_DATASETS
 TASKS = ("auto", "classification", "regression")
 OPTIMIZERS = ("nadam", "adam", "sgd", "rmsprop", "adagrad", "adadelta", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+LR_SCHEDULES = ("halve", "plateau", "cosine")
 MULTI_IO_OUTPUTS = catalog.OWN_DATA_MODELS["multi_io"][0]
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 NAME_MAX = 255  # bytes in one file name, on every common file system
@@ -181,8 +182,10 @@ class Config:
     )
     validation_split: float | None = option(
         None,
-        "Hold out this fraction of the training data, seeded by --seed, when the data has "
-        "no validation split (a folder without validation/, arrays without x_val)",
+        "Hold out this fraction of the training data, seeded by --seed, for validation; "
+        "the data's own held-out split (reuters/imdb: Keras's test split; x_test; test/) "
+        "becomes a test split never used for choosing (default: validate on that split, "
+        "as the tutorials did; needed when the data has no held-out split)",
         group=WHAT,
         checks=(_check_fraction,),
         shown="none",
@@ -344,7 +347,30 @@ class Config:
         checks=(_check_epochs,),
     )
     lr_halve_factor: float = option(
-        0.5, "Multiplier at each halving epoch", group=HOW, checks=(positive,)
+        0.5,
+        "Multiplier at each halving epoch (and each plateau cut)",
+        group=HOW,
+        checks=(positive,),
+    )
+    lr_schedule: str = option(
+        "halve",
+        "Learning-rate schedule: {choices} (halve: at --lr_halve_epochs; plateau: "
+        "x--lr_halve_factor after --lr_plateau_patience epochs without a better "
+        "--monitor; cosine: down to 0 over the run's steps, every step)",
+        group=HOW,
+        choices=LR_SCHEDULES,
+    )
+    lr_plateau_patience: int = option(
+        2,
+        "Epochs without a better --monitor (by any amount) before each plateau cut",
+        group=HOW,
+        checks=(positive,),
+    )
+    warmup_steps: int = option(
+        0,
+        "Raise the learning rate linearly over the first N steps, with any --lr_schedule (0 = off)",
+        group=HOW,
+        checks=(non_negative,),
     )
     checkpoint_every_steps: int = option(
         0,
@@ -367,6 +393,7 @@ class Config:
         group=PROFILING,
         parse=parse_windows,
         checks=(_check_windows,),
+        text=lambda windows: ";".join(map(csv, windows)),
         shown="off",
     )
     profiler_port: int = option(
@@ -427,6 +454,7 @@ class Config:
         group=WHAT,
         parse=parse_loss_weights,
         checks=(_check_loss_weights,),
+        text=lambda weights: csv(f"{output}={weight}" for output, weight in weights),
         shown="`priority=1.0,department=0.2`",
     )
     strategy: str = option(
@@ -535,10 +563,10 @@ def _user_data_rules(config: Config) -> None:
             f"--task={config.task} applies to .npz and function data; "
             f"--dataset={config.dataset} is classification"
         )
-    if config.validation_split is not None and kind == catalog.BUILTIN:
+    if config.validation_split is not None and config.model in catalog.OWN_DATA_MODELS:
         raise UsageError(
-            f"--validation_split applies to your own data; --dataset={config.dataset} "
-            "has its own validation split"
+            f"--validation_split does not apply to --model={config.model}, which trains "
+            "on its own synthetic data"
         )
     if config.image_size and kind != catalog.IMAGE_FOLDER:
         raise UsageError(
@@ -564,6 +592,22 @@ def _early_stopping_rules(config: Config) -> None:
             raise UsageError(f"--{name} applies with --early_stopping_patience only; set that too")
 
 
+def _lr_schedule_rules(config: Config) -> None:
+    """An option of another --lr_schedule, given other than its default, is an error."""
+    applies = {
+        "lr_halve_epochs": ("halve",),
+        "lr_halve_factor": ("halve", "plateau"),
+        "lr_plateau_patience": ("plateau",),
+    }
+    defaults = {field.name: field.default for field in dataclasses.fields(Config)}
+    for name, schedules in applies.items():
+        if config.lr_schedule not in schedules and getattr(config, name) != defaults[name]:
+            raise UsageError(
+                f"--{name} applies with --lr_schedule={' or '.join(schedules)} only, "
+                f"not --lr_schedule={config.lr_schedule}: drop it"
+            )
+
+
 def _data_dir_holds_the_file(config: Config) -> None:
     if config.dataset in catalog.DATA_FILES and config.model not in catalog.OWN_DATA_MODELS:
         catalog.check_data_dir(config.dataset, config.data_dir)
@@ -579,5 +623,6 @@ _RULES = (
     _user_data_rules,
     _resume_rules,
     _early_stopping_rules,
+    _lr_schedule_rules,
     _data_dir_holds_the_file,
 )

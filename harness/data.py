@@ -40,7 +40,11 @@ from harness.errors import HarnessError, UsageError
 # Default size and validation split of the synthetic data, like Reuters's 8982/2246.
 SYNTHETIC_EXAMPLES = 8982
 SYNTHETIC_VALIDATION_FRACTION = 0.2
-_START, _OOV, _FIRST_WORD = 1, 2, 3
+START, OOV, FIRST_WORD = (
+    1,
+    2,
+    3,
+)  # token ids of Keras's reuters/imdb: start mark, out-of-vocabulary, first word
 _KEYWORDS_PER_CLASS = 4
 _KEYWORD_SHARE = 0.2
 _CHUNK_ROWS = 2048  # synthetic rows generated at a time
@@ -107,12 +111,16 @@ class RunData(Protocol):
 
     def validation(self, batch_size: int) -> tf.data.Dataset: ...
 
+    def test(self, batch_size: int) -> tf.data.Dataset | None: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
     """Train/validation arrays, the number of classes (None: regression targets),
     for text tokenized by the harness its vocabulary, and what the ids mean where
-    known: the class names, and the word of each token id."""
+    known: the class names, and the word of each token id. `x_test`/`y_test`: a
+    test split never used for choosing (None: the data has none apart from the
+    validation split)."""
 
     x_train: Any  # an array, or a dict of arrays for a multi-input model
     y_train: Any
@@ -122,6 +130,8 @@ class Splits:
     vocabulary: tuple | None = None
     class_names: tuple | None = None
     words: tuple | None = None
+    x_test: Any = None
+    y_test: Any = None
 
     @property
     def train_size(self) -> int:
@@ -160,6 +170,12 @@ class Splits:
         """The validation batches in a fixed order."""
         return validation_dataset(self.x_val, self.y_val, batch_size=batch_size)
 
+    def test(self, batch_size: int) -> tf.data.Dataset | None:
+        """The test batches in a fixed order (None: no test split apart from validation)."""
+        if self.x_test is None:
+            return None
+        return validation_dataset(self.x_test, self.y_test, batch_size=batch_size)
+
 
 def num_examples(x) -> int:
     """The examples in an array or a dict of arrays."""
@@ -175,13 +191,20 @@ def load(
     num_classes: int,
     num_examples: int | None,
     data_dir: str | None,
+    validation_split: float | None = None,
 ) -> Splits:
     """Loads `dataset` and pads it to `max_len`.
 
+    Without `validation_split` the validation split is the dataset's own held-out
+    split (Keras's test split), as in the tutorials; with it, that fraction of the
+    training split (seeded by `seed`) validates and the held-out split becomes the
+    test split, never used for choosing.
+
     `num_examples`: for synthetic data, how many training examples to generate
-    (default SYNTHETIC_EXAMPLES); for reuters/imdb, keep only the first this
-    many of the training split (the loaders shuffle it with `seed`, so they are
-    a random subset); the validation split is always whole.
+    (default SYNTHETIC_EXAMPLES; the validation fraction is held out of them); for
+    reuters/imdb, keep only the first this many of the training split left after
+    the validation fraction is held out (the loaders shuffle it with `seed`, so
+    they are a random subset, and the validation set does not change with it).
 
     Raises:
         UsageError: the data file is missing, corrupt or fails its hash check,
@@ -194,33 +217,44 @@ def load(
             max_len=max_len,
             num_classes=num_classes,
             seed=seed,
+            validation_split=validation_split,
         )
-    (x_train, y_train), (x_val, y_val) = _load_keras_dataset(
+    (x_train, y_train), (x_held, y_held) = _load_keras_dataset(
         dataset, data_dir, num_words=num_words, seed=seed
     )
-    if num_examples and num_examples > len(x_train):
+    train = (_pad(x_train, max_len), y_train.astype(np.int32))
+    held = (_pad(x_held, max_len), y_held.astype(np.int32))
+    train, val, test = _three_splits(train, held, validation_split, seed)
+    if num_examples and num_examples > len(train[1]):
         raise UsageError(
             f"--num_examples={num_examples} is not allowed: {dataset} has "
-            f"{len(x_train)} training examples; use at most that, or leave "
+            f"{len(train[1])} training examples; use at most that, or leave "
             "it unset for all of them"
         )
-    keep = slice(None, num_examples)
     return Splits(
-        _pad(x_train[keep], max_len),
-        y_train[keep].astype(np.int32),
-        _pad(x_val, max_len),
-        y_val.astype(np.int32),
+        *take(train, slice(None, num_examples)),
+        *val,
         num_classes,
         class_names=CLASS_NAMES[dataset],
         words=keras_words(dataset, data_dir, num_words),
+        x_test=test[0],
+        y_test=test[1],
     )
 
 
 def synthetic(
-    *, num_examples: int | None, num_words: int, max_len: int, num_classes: int, seed: int
+    *,
+    num_examples: int | None,
+    num_words: int,
+    max_len: int,
+    num_classes: int,
+    seed: int,
+    validation_split: float | None = None,
 ) -> Splits:
     """Reuters-shaped token sequences whose label is carried by keywords:
-    `num_examples` (default SYNTHETIC_EXAMPLES) for training, 20% more for validation.
+    `num_examples` (default SYNTHETIC_EXAMPLES) for training, 20% more held out
+    (the validation split; the test split with `validation_split`, which then holds
+    that fraction of the training examples out for validation, seeded).
 
     Each class owns a few keywords; a sequence is Zipf-distributed filler words
     with about 15% of its tokens drawn from its class's keywords, so a Conv1D
@@ -231,9 +265,9 @@ def synthetic(
     num_examples = num_examples or SYNTHETIC_EXAMPLES
     rng = np.random.default_rng(seed)
     keywords = rng.choice(
-        np.arange(_FIRST_WORD, num_words),
+        np.arange(FIRST_WORD, num_words),
         replace=False,
-        size=(num_classes, min(_KEYWORDS_PER_CLASS, (num_words - _FIRST_WORD) // num_classes)),
+        size=(num_classes, min(_KEYWORDS_PER_CLASS, (num_words - FIRST_WORD) // num_classes)),
     )
     n_total = num_examples + max(1, int(num_examples * SYNTHETIC_VALIDATION_FRACTION))
     labels = rng.integers(0, num_classes, size=n_total).astype(np.int32)
@@ -243,26 +277,60 @@ def synthetic(
     for start in range(0, n_total, _CHUNK_ROWS):
         rows = slice(start, min(start + _CHUNK_ROWS, n_total))
         shape = (rows.stop - rows.start, max_len)
-        filler = _FIRST_WORD + (rng.zipf(1.3, size=shape) - 1) % (num_words - _FIRST_WORD)
+        filler = FIRST_WORD + (rng.zipf(1.3, size=shape) - 1) % (num_words - FIRST_WORD)
         keyword_pick = keywords[labels[rows, None], rng.integers(0, keywords.shape[1], shape)]
         chunk = np.where(rng.random(shape) < _KEYWORD_SHARE, keyword_pick, filler)
         first = max_len - lengths[rows, None]
-        chunk = np.where(positions == first, _START, chunk)
+        chunk = np.where(positions == first, START, chunk)
         tokens[rows] = np.where(positions < first, 0, chunk)
+    train = (tokens[:num_examples], labels[:num_examples])
+    held = (tokens[num_examples:], labels[num_examples:])
+    train, val, test = _three_splits(train, held, validation_split, seed)
     return Splits(
-        tokens[:num_examples],
-        labels[:num_examples],
-        tokens[num_examples:],
-        labels[num_examples:],
+        *train,
+        *val,
         num_classes,
         words=_synthetic_words(keywords, num_words),
+        x_test=test[0],
+        y_test=test[1],
     )
+
+
+def _three_splits(train: tuple, held: tuple, validation_split: float | None, seed: int):
+    """(train, validation, test) pairs: the held-out split validates (test (None, None)),
+    or, with `validation_split`, that fraction of `train` does and `held` is the test split."""
+    if not validation_split:
+        return train, held, (None, None)
+    train, val = split_off(*train, validation_split, seed)
+    return train, val, held
+
+
+def split_off(x, y, fraction: float, seed: int) -> tuple:
+    """((x, y) train, (x, y) validation): `fraction` of the examples held out, seeded
+    by `seed`; both keep the examples' order. `x` may be a dict of arrays.
+
+    Raises:
+        UsageError: the fraction leaves no training examples.
+    """
+    order = np.random.default_rng(seed).permutation(len(y))
+    held = max(1, int(round(len(y) * fraction)))
+    if held >= len(y):
+        raise UsageError(f"--validation_split={fraction} leaves no training examples of {len(y)}")
+    return take((x, y), np.sort(order[held:])), take((x, y), np.sort(order[:held]))
+
+
+def take(pair: tuple, index) -> tuple:
+    """The rows `index` (a slice or indices) of an (x, y) pair; `x` may be a dict of arrays."""
+    x, y = pair
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}, y[index]
+    return x[index], y[index]
 
 
 def _synthetic_words(keywords: np.ndarray, num_words: int) -> tuple:
     """Readable tags for the synthetic token ids: `class<c>_kw<j>` for the class
     keywords (so they can be seen to cluster in the Projector), `w<i>` for fillers."""
-    words = ["<pad>", "<start>", "<oov>", *(f"w{i}" for i in range(_FIRST_WORD, num_words))]
+    words = ["<pad>", "<start>", "<oov>", *(f"w{i}" for i in range(FIRST_WORD, num_words))]
     for label, row in enumerate(keywords):
         for j, token in enumerate(row):
             words[token] = f"class{label}_kw{j}"
@@ -286,10 +354,10 @@ def keras_words(dataset: str, data_dir: str | None, num_words: int) -> tuple | N
             continue
         if not isinstance(index, dict):
             continue
-        words = ["<pad>", "<start>", "<oov>", *(f"id_{i}" for i in range(_FIRST_WORD, num_words))]
+        words = ["<pad>", "<start>", "<oov>", *(f"id_{i}" for i in range(FIRST_WORD, num_words))]
         for word, rank in index.items():
-            if isinstance(rank, int) and 0 <= rank < num_words - _FIRST_WORD:
-                words[rank + _FIRST_WORD] = str(word)
+            if isinstance(rank, int) and 0 <= rank < num_words - FIRST_WORD:
+                words[rank + FIRST_WORD] = str(word)
         return tuple(words)
     return None
 

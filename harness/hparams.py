@@ -30,7 +30,11 @@ _SHORT = {
     "clip_norm": "clip",
     "epochs": "ep",
     "num_examples": "n",
+    "validation_split": "val",
     "lr_halve_epochs": "halve",
+    "lr_schedule": "",
+    "lr_plateau_patience": "lr_patience",
+    "warmup_steps": "warmup",
     "mixed_precision": "mp",
     "jit_compile": "xla",
     "early_stopping_patience": "patience",
@@ -92,11 +96,16 @@ def differences(config: Config) -> str:
             value = "" if value else "off"
         elif isinstance(value, str):  # a path or an import path: its last part
             value = os.path.basename(value.rstrip("/")).rpartition(":")[2]
-        parts.append(f"{_SHORT.get(field.name, field.name)}{value}")
+        parts.append(f"{short_name(field.name)}{value}")
     name = "-".join(parts)
     return "".join(char if char.isalnum() or char in "._-" else "_" for char in name)[
         :_NAME_PART_MAX
     ].strip("-._")
+
+
+def short_name(name: str) -> str:
+    """The short form of option `name` in run names: 'lr' for learning_rate, '' for optimizer."""
+    return _SHORT.get(name, name)
 
 
 def _kind(field: dataclasses.Field) -> type:

@@ -33,6 +33,7 @@ def option(
     checks: tuple = (),
     maximum: int = MAX_INT,
     shown: str | None = None,
+    text: Callable[[Any], str] | None = None,
 ) -> Any:
     """A `Config` field declaring its flag.
 
@@ -47,6 +48,8 @@ def option(
             order on a value that is not None.
         maximum: the largest whole number allowed (each one of a tuple too).
         shown: the README's default column, where the default alone says too little.
+        text: a parsed flag's value as it is typed (the inverse of `parse`; default:
+            comma-separated).
     """
     return dataclasses.field(
         default=default,
@@ -58,6 +61,7 @@ def option(
             "checks": checks,
             "maximum": maximum,
             "shown": shown,
+            "text": text or csv,
         },
     )
 
@@ -86,6 +90,18 @@ def flag_default(field: dataclasses.Field) -> Any:
 def from_flag(field: dataclasses.Field, value: Any) -> Any:
     """The field's value from its flag's: parsed for a list-like flag, else as is."""
     return field.metadata["parse"](value) if field.metadata["parse"] else value
+
+
+def flagfile_line(field: dataclasses.Field, value: Any) -> str | None:
+    """The field's value as a line of an absl flagfile ('--epochs=10', '--nojit_compile'),
+    None for an unset value (the flag's default stands for it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no'}{field.name}"
+    if field.metadata["parse"]:
+        value = field.metadata["text"](value)
+    return f"--{field.name}={value}"
 
 
 def check_field(field: dataclasses.Field, value: Any) -> None:

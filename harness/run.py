@@ -40,18 +40,27 @@ _DEFINE = {
     bool: flags.DEFINE_bool,
 }
 _FIELDS = dataclasses.fields(config_lib.Config)
-for _field in _FIELDS:  # one flag per Config field, typed, with its default and help
-    _DEFINE[options.flag_kind(_field, config_lib.Config)](
-        _field.name, options.flag_default(_field), options.help_text(_field)
-    )
 
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines one flag per Config field in `flag_values`, typed, with its default and help."""
+    for field in _FIELDS:
+        _DEFINE[options.flag_kind(field, config_lib.Config)](
+            field.name,
+            options.flag_default(field),
+            options.help_text(field),
+            flag_values=flag_values,
+        )
+
+
+define_flags(flags.FLAGS)
 FLAGS = flags.FLAGS
 
 
-def _config() -> config_lib.Config:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.Config:
     """The validated `Config` the flags give, named now if --run_name is unset."""
     config = config_lib.Config(
-        **{field.name: options.from_flag(field, FLAGS[field.name].value) for field in _FIELDS}
+        **{field.name: options.from_flag(field, flag_values[field.name].value) for field in _FIELDS}
     )
     if not config.run_name and not config.resume:  # --resume needs one: validate() says so
         config = dataclasses.replace(
@@ -65,18 +74,18 @@ def main(argv) -> int:
         raise UsageError(
             f"unexpected arguments {' '.join(argv[1:])!r}: all options are --flags (see --helpfull)"
         )
-    config = _config()
+    config = config_from_flags()
     run_dir = rundir.plan(config)  # the run directory's checks too, before TensorFlow loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info/warnings
     logging.set_verbosity(logging.WARNING)
-    with _stderr_silenced():  # TF's C++ start-up lines, printed before its logging is set
+    with stderr_silenced():  # TF's C++ start-up lines, printed before its logging is set
         from harness.training import train
     train(config, run_dir=run_dir)
     return 0
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
+def stderr_silenced():
     """Sends file descriptor 2 to /dev/null for the block (C++ writes included)."""
     saved = os.dup(2)
     with open(os.devnull, "w") as devnull:
@@ -88,7 +97,7 @@ def _stderr_silenced():
             os.close(saved)
 
 
-def _parse_flags(argv: list) -> list:
+def parse_flags(argv: list) -> list:
     """absl's parser, with a bad flag as one line and exit status 2."""
     try:
         return FLAGS(argv)
@@ -133,4 +142,4 @@ def _main_or_exit(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(_main_or_exit, flags_parser=_parse_flags)
+    app.run(_main_or_exit, flags_parser=parse_flags)

@@ -1,9 +1,10 @@
 """The run directory: where a run's event files, checkpoints and records live.
 
 `<logdir>/<run_name>/` holds `train/` and `validation/` event files, `checkpoints/`,
-`best.keras`, `flags.json` (the run's config, the latest when resumed) and
-`history.json` (per-epoch logs) and `.harness.lock`, the claim of the process
-writing it (see `Claim`).
+`best.keras`, `flags.json` (the run's config, the latest when resumed), the same
+flags as an absl flagfile `flags.txt` (`--flagfile=<run>/flags.txt --run_name=NEW`
+reruns it), `history.json` (per-epoch logs) and `.harness.lock`, the claim of the
+process writing it (see `Claim`).
 Nothing here overwrites an existing run unless the user said `--overwrite`.
 """
 
@@ -16,12 +17,15 @@ import json
 import os
 import shutil
 
-from harness import hparams
+from harness import catalog, hparams, options
 from harness.callbacks import files
 from harness.config import Config
 from harness.errors import UsageError
 
 FLAGS_FILE = "flags.json"
+FLAGFILE = "flags.txt"
+# Flags a flagfile leaves out: they name this run and how it was started, not what it trains.
+_NOT_RERUN = ("run_name", "resume", "overwrite")
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL_FILE = "best.keras"
@@ -39,6 +43,7 @@ RESUME_MUST_MATCH = (
     "batch_size",
     "optimizer",
     "steps_per_epoch",
+    "validation_split",
 )
 
 
@@ -227,8 +232,24 @@ def _write_error(config: Config, run_dir: str, error: OSError) -> UsageError:
 
 
 def save_flags(config: Config, run_dir: str) -> None:
-    """Saves the run's flags as `flags.json`."""
+    """Saves the run's flags as `flags.json`, and as the flagfile `flags.txt` that reruns it."""
     write_json(os.path.join(run_dir, FLAGS_FILE), dataclasses.asdict(config))
+    files.write_text(os.path.join(run_dir, FLAGFILE), flagfile(config, run_dir))
+
+
+def flagfile(config: Config, run_dir: str) -> str:
+    """The absl flagfile of `config`'s flags, less those naming the run; a model or data
+    given to `harness.train` is a comment (it has no flag)."""
+    lines = [
+        f"# The flags of run {os.path.basename(run_dir)}; train it again as a new run with",
+        f"# python -m harness.run --flagfile={os.path.join(run_dir, FLAGFILE)} --run_name=NEW",
+    ]
+    for field in dataclasses.fields(config):
+        line = options.flagfile_line(field, getattr(config, field.name))
+        if line and field.name not in _NOT_RERUN:
+            given = str(getattr(config, field.name)).startswith(catalog.GIVEN_PREFIX)
+            lines.append(f"# {line}  (given to harness.train: pass it again)" if given else line)
+    return "\n".join(lines) + "\n"
 
 
 def write_json(path: str, value) -> None:
@@ -249,33 +270,43 @@ def recorded_epochs(run_dir: str) -> int:
         UsageError: history.json is not a history the harness wrote (truncated,
             edited), so resuming would build on a record it cannot trust.
     """
+    return len(read_history(run_dir)["epoch"])
+
+
+def read_history(run_dir: str, context: str = "--resume") -> dict:
+    """The run's per-epoch history.json ({"epoch": []} before its first epoch).
+
+    Raises:
+        UsageError: history.json is not a history the harness wrote (truncated,
+            edited); `context` starts the message.
+    """
     path = os.path.join(run_dir, HISTORY_FILE)
     if not os.path.exists(path):
-        return 0
-    history = _read_record(path, "history")
+        return {"epoch": []}
+    history = _read_record(path, "history", context)
     epochs = history.get("epoch")
     if not isinstance(epochs, list) or any(
         not isinstance(values, list) or len(values) != len(epochs) for values in history.values()
     ):
         raise UsageError(
-            f"--resume: {path} is damaged (not the per-epoch lists the harness "
+            f"{context}: {path} is damaged (not the per-epoch lists the harness "
             "writes); restore it from a backup, or start a new run"
         )
-    return len(epochs)
+    return history
 
 
-def _read_record(path: str, what: str) -> dict:
+def _read_record(path: str, what: str, context: str = "--resume") -> dict:
     """A JSON object the harness wrote, or a UsageError saying it is damaged."""
     try:
         value = read_json(path)
     except (OSError, ValueError) as error:
         raise UsageError(
-            f"--resume: {path} is unreadable ({error}), so the run's {what} is "
+            f"{context}: {path} is unreadable ({error}), so the run's {what} is "
             "unknown; restore it from a backup, or start a new run"
         ) from None
     if not isinstance(value, dict):
         raise UsageError(
-            f"--resume: {path} is damaged (a JSON {type(value).__name__}, not "
+            f"{context}: {path} is damaged (a JSON {type(value).__name__}, not "
             f"an object), so the run's {what} is unknown; restore it from a "
             "backup, or start a new run"
         )

@@ -16,6 +16,10 @@ same batch at each global step:
   pair of `tf.data.Dataset`s of unbatched (x, y) examples, which become
   `user_datasets.DatasetSplits` (streamed, not held in memory).
 
+A test split (`x_test, y_test`; a `test/` folder beside `train/`) is kept apart for
+`RunData.test` when there is a validation split too (`x_val`, `validation/`, or
+--validation_split); otherwise it validates, as before.
+
 Labels choose the task (`task.for_labels`): integer classes or float targets.
 """
 
@@ -60,6 +64,7 @@ def load(config: Config, run_dir: str | None = None) -> data.RunData:
             num_classes=config.classes,
             num_examples=config.num_examples,
             data_dir=config.data_dir,
+            validation_split=config.validation_split,
         )
     if kind == catalog.GIVEN:
         raise UsageError(
@@ -105,21 +110,22 @@ def from_value(config: Config, value, where: str) -> data.RunData:
 
 
 def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> data.Splits:
-    """`Splits` of a dict of x_train, y_train (and x_val, y_val) arrays, checked,
-    split with --validation_split, cut to --num_examples; the task from the labels."""
+    """`Splits` of a dict of x_train, y_train (and x_val, y_val; x_test, y_test) arrays,
+    checked, split with --validation_split, cut to --num_examples; the task from the
+    labels. A test split without a validation split validates, unless
+    --validation_split holds the validation examples out of the training ones."""
     where = where or f"--dataset={config.dataset}"
     x_train, y_train = _checked(where, "train", arrays["x_train"], arrays["y_train"])
-    has_validation = arrays.get("x_val") is not None
-    if has_validation and config.validation_split:
+    val, test = _given(where, arrays, "val", x_train), _given(where, arrays, "test", x_train)
+    if val and config.validation_split:
         raise UsageError(f"{where} has validation data of its own; drop --validation_split")
-    if has_validation:
-        x_val, y_val = _checked(where, "val", arrays["x_val"], arrays["y_val"])
-        _check_same_inputs(where, x_train, x_val)
-    elif config.validation_split:
-        (x_train, y_train), (x_val, y_val) = _split(
+    if config.validation_split:
+        (x_train, y_train), val = data.split_off(
             x_train, y_train, config.validation_split, config.seed
         )
-    else:
+    elif not val and test:
+        val, test = test, None
+    elif not val:
         raise UsageError(
             f"{where} has no validation data: give {ARRAYS_HELP}, or pass "
             "--validation_split=0.2 to hold out a fifth of the training data"
@@ -130,17 +136,16 @@ def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> da
                 f"--num_examples={config.num_examples} is not allowed: {where} has "
                 f"{data.num_examples(x_train)} training examples; use at most that"
             )
-        x_train, y_train = _take((x_train, y_train), slice(None, config.num_examples))
+        x_train, y_train = data.take((x_train, y_train), slice(None, config.num_examples))
+    (x_val, y_val), (x_test, y_test) = val, test or (None, None)
     try:
         fitting = task.for_labels(y_train, y_val, config.task)
     except ValueError as error:
         raise UsageError(f"{where}: {error}") from None
-    if fitting.num_classes is task.REGRESSION:
-        y_train, y_val = (y.astype(np.float32).reshape(len(y), -1) for y in (y_train, y_val))
-    else:
-        y_train, y_val = (y.astype(np.int32).reshape(len(y)) for y in (y_train, y_val))
-    for name, x in (("x_train", x_train), ("x_val", x_val)):
-        _check_token_ids(where, name, x, config.num_words)
+    y_train, y_val, y_test = (_as_labels(y, fitting.num_classes) for y in (y_train, y_val, y_test))
+    for name, x in (("x_train", x_train), ("x_val", x_val), ("x_test", x_test)):
+        if x is not None:
+            _check_token_ids(where, name, x, config.num_words)
     return data.Splits(
         x_train,
         y_train,
@@ -150,7 +155,27 @@ def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> da
         vocabulary=arrays.get("vocabulary"),
         class_names=arrays.get("class_names"),
         words=_words(arrays.get("vocabulary")),
+        x_test=x_test,
+        y_test=y_test,
     )
+
+
+def _given(where: str, arrays: Mapping, split: str, x_train) -> tuple | None:
+    """The checked (x, y) of split 'val' or 'test' (None: not given)."""
+    if arrays.get(f"x_{split}") is None:
+        return None
+    x, y = _checked(where, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
+    _check_same_inputs(where, x_train, x, f"x_{split}")
+    return x, y
+
+
+def _as_labels(y, num_classes: int | None):
+    """Labels as the task reads them: float32 [n, targets] or int32 [n] (None stays None)."""
+    if y is None:
+        return None
+    if num_classes is task.REGRESSION:
+        return y.astype(np.float32).reshape(len(y), -1)
+    return y.astype(np.int32).reshape(len(y))
 
 
 def save_vocabulary(splits: data.RunData, run_dir: str) -> None:
@@ -186,8 +211,8 @@ def _npz(path: str) -> dict:
 
 
 def _gathered(where: str, arrays: Mapping, needed: str) -> dict:
-    """x_train, y_train, x_val, y_val from the arrays (x_test/y_test stand in for the
-    validation pair; 'x_train/<name>' keys become a dict of named inputs)."""
+    """x_train, y_train, x_val, y_val, x_test, y_test from the arrays (None: not given;
+    'x_train/<name>' keys become a dict of named inputs)."""
 
     def named(prefix: str):
         if prefix in arrays:
@@ -210,13 +235,7 @@ def _gathered(where: str, arrays: Mapping, needed: str) -> dict:
         if (found[x_name] is None) != (found[y_name] is None):
             given, absent = (x_name, y_name) if found[y_name] is None else (y_name, x_name)
             raise UsageError(f"{where} has {given} but no {absent}; give both or neither")
-    validation = SPLITS[1] if found["x_val"] is not None else SPLITS[2]
-    return {
-        "x_train": found["x_train"],
-        "y_train": found["y_train"],
-        "x_val": found[validation[0]],
-        "y_val": found[validation[1]],
-    }
+    return found
 
 
 def _called(path: str, seed: int):
@@ -235,22 +254,26 @@ def _describe(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def _folders(root: str) -> tuple[str, str | None]:
-    """The training folder and the validation folder (None: split the training one)."""
-    train, validation = os.path.join(root, "train"), os.path.join(root, "validation")
-    if os.path.isdir(train):
-        if not os.path.isdir(validation):
-            return train, None
-        return train, validation
-    return root, None
+def _folders(root: str) -> dict:
+    """The folder of each split given: "train" (always), "val" and "test" where
+    `<root>/train` has a `validation/` or `test/` folder beside it."""
+    train = os.path.join(root, "train")
+    if not os.path.isdir(train):
+        return {"train": root}
+    named = {
+        "train": train,
+        "val": os.path.join(root, "validation"),
+        "test": os.path.join(root, "test"),
+    }
+    return {split: folder for split, folder in named.items() if os.path.isdir(folder)}
 
 
-def _read_folder(loader, root: str, what: str, **options) -> tuple[list, np.ndarray, list]:
-    """(examples, labels, class names) of one folder, in Keras's sorted order."""
-    train, validation = _folders(root)
-    classes = catalog.class_folders(train)
-    splits = []
-    for folder in filter(None, (train, validation)):
+def _read_folder(loader, root: str, what: str, **options) -> tuple[dict, list]:
+    """({split: (examples, labels)}, class names) of one folder, in Keras's sorted order."""
+    folders = _folders(root)
+    classes = catalog.class_folders(folders["train"])
+    splits = {}
+    for split, folder in folders.items():
         try:
             dataset = loader(
                 folder,
@@ -270,7 +293,7 @@ def _read_folder(loader, root: str, what: str, **options) -> tuple[list, np.ndar
             labels.append(label)
         if not examples:
             raise UsageError(f"--dataset={root!r}: {folder} holds no readable {what}")
-        splits.append((examples, np.asarray(labels, np.int32)))
+        splits[split] = (examples, np.asarray(labels, np.int32))
     return splits, classes
 
 
@@ -279,7 +302,9 @@ def _image_folder(root: str, image_size: tuple) -> dict:
     splits, classes = _read_folder(
         keras.utils.image_dataset_from_directory, root, "images", image_size=image_size
     )
-    arrays = [(np.stack(x).astype(np.float32) / 255.0, y) for x, y in splits]
+    arrays = {
+        split: (np.stack(x).astype(np.float32) / 255.0, y) for split, (x, y) in splits.items()
+    }
     return {**_named_splits(arrays), "class_names": tuple(classes)}
 
 
@@ -299,10 +324,11 @@ def _text_folder(config: Config, run_dir: str | None) -> dict:
         vocabulary=vocabulary,
     )
     if vocabulary is None:
-        vectorize.adapt(np.asarray(splits[0][0], dtype=object), batch_size=256)
-    arrays = [
-        (np.asarray(vectorize(np.asarray(x, dtype=object)), dtype=np.int32), y) for x, y in splits
-    ]
+        vectorize.adapt(np.asarray(splits["train"][0], dtype=object), batch_size=256)
+    arrays = {
+        split: (np.asarray(vectorize(np.asarray(x, dtype=object)), dtype=np.int32), y)
+        for split, (x, y) in splits.items()
+    }
     return {
         **_named_splits(arrays),
         "vocabulary": tuple(vectorize.get_vocabulary()),
@@ -310,10 +336,13 @@ def _text_folder(config: Config, run_dir: str | None) -> dict:
     }
 
 
-def _named_splits(arrays: list) -> dict:
-    (x_train, y_train), *rest = arrays
-    x_val, y_val = rest[0] if rest else (None, None)
-    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+def _named_splits(arrays: dict) -> dict:
+    """{"x_train": ..., "y_train": ..., "x_val": ...} of {split: (x, y)}."""
+    return {
+        f"{axis}_{split}": value
+        for split, pair in arrays.items()
+        for axis, value in zip("xy", pair)
+    }
 
 
 def _checked(where: str, split: str, x, y) -> tuple:
@@ -358,12 +387,12 @@ def _as_input(array: np.ndarray) -> np.ndarray:
     return array.astype(np.int32 if array.dtype.kind in "iu" else np.float32)
 
 
-def _check_same_inputs(where: str, x_train, x_val) -> None:
-    train = {name: a.shape[1:] for name, a in _flat("x", x_train)}
-    val = {name: a.shape[1:] for name, a in _flat("x", x_val)}
-    if train.keys() != val.keys() or any(train[k] != val[k] for k in train):
+def _check_same_inputs(where: str, x_train, x, name: str) -> None:
+    train = {key: a.shape[1:] for key, a in _flat("x", x_train)}
+    other = {key: a.shape[1:] for key, a in _flat("x", x)}
+    if train.keys() != other.keys() or any(train[k] != other[k] for k in train):
         raise UsageError(
-            f"{where}: the training and validation inputs differ in shape ({train} vs {val})"
+            f"{where}: the x_train and {name} inputs differ in shape ({train} vs {other})"
         )
 
 
@@ -377,20 +406,3 @@ def _check_token_ids(where: str, name: str, x, num_words: int) -> None:
                     f"{where}: {input_name} holds token ids {low}..{high}; they must be "
                     f"0..--num_words-1: pass --num_words={high + 1} or more"
                 )
-
-
-def _split(x, y, fraction: float, seed: int) -> tuple:
-    """((x, y) train, (x, y) validation): `fraction` of the examples held out, seeded."""
-    order = np.random.default_rng(seed).permutation(len(y))
-    held = max(1, int(round(len(y) * fraction)))
-    if held >= len(y):
-        raise UsageError(f"--validation_split={fraction} leaves no training examples of {len(y)}")
-    train, val = np.sort(order[held:]), np.sort(order[:held])
-    return _take((x, y), train), _take((x, y), val)
-
-
-def _take(pair: tuple, index) -> tuple:
-    x, y = pair
-    if isinstance(x, dict):
-        return {k: v[index] for k, v in x.items()}, y[index]
-    return x[index], y[index]

@@ -31,7 +31,7 @@ from harness import (
     task,
     tracing,
 )
-from harness.callbacks import files, run_info
+from harness.callbacks import files, lr_schedule, run_info
 from harness.callbacks.best_model import BestModel
 from harness.callbacks.checkpoint import (
     Checkpointing,
@@ -146,8 +146,8 @@ def _train(
     (model, data) objects passed to `train`."""
     given_model, given_data = given
     keras.utils.set_random_seed(config.seed)
-    splits, run_task = _data_and_task(config, run_dir, given_data)
-    model, log_keys = _compiled_model(config, run_task, splits, given_model)
+    splits, run_task = data_and_task(config, run_dir if config.resume else None, given_data)
+    model, log_keys = compiled_model(config, run_task, splits, given_model)
     steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
@@ -164,7 +164,10 @@ def _train(
             os.path.join(run_dir, rundir.CHECKPOINT_DIR),
             config.keep_checkpoints,
             warn=print_fn,
-            extra={"epoch_metrics": metrics_state.saved},
+            extra={
+                "epoch_metrics": metrics_state.saved,
+                **lr_schedule.checkpointed(model.optimizer),
+            },
         )
         checkpointing = Checkpointing(
             manager,
@@ -384,21 +387,21 @@ def _with_given(config: Config, model, given_data) -> Config:
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def _data_and_task(config: Config, run_dir: str, given_data) -> tuple:
+def data_and_task(config: Config, saved_run_dir: str | None, given_data) -> tuple:
     """(RunData, Task): a built-in model's own (multi_io's tickets), or the data given to
-    `train` or named by --dataset (a resumed run's text keeps its vocabulary) with the
-    task its labels call for."""
+    `train` or named by --dataset with the task its labels call for; `saved_run_dir`: a
+    run that exists already (resumed, reopened), whose text vocabulary is kept."""
     own_run = models.OWN_RUNS.get(config.model)
     if own_run:
         return own_run(config)
     if given_data is not None:
         splits = sources.from_value(config, given_data, "data=")
     else:
-        splits = sources.load(config, run_dir if config.resume else None)
+        splits = sources.load(config, saved_run_dir)
     return splits, task.SingleOutput(splits.num_classes, splits.targets)
 
 
-def _compiled_model(
+def compiled_model(
     config: Config, run_task: task.Task, splits: data.RunData, given_model
 ) -> tuple[keras.Model, list]:
     """Builds and compiles the model (a user's compiled model keeps its loss and
@@ -424,7 +427,9 @@ def _compiled_model(
             "with metrics of its own; drop --metrics, or compile it without them"
         )
     model.compile(
-        optimizer=task.optimizer(config.optimizer, config.learning_rate, config.clip_norm),
+        optimizer=task.optimizer(
+            config.optimizer, _learning_rate(config, splits), config.clip_norm
+        ),
         **(users if users is not None else compile_args),
         jit_compile=config.jit_compile,
         steps_per_execution=config.execution_steps,
@@ -443,6 +448,20 @@ def _compiled_model(
         except ValueError as error:
             raise UsageError(str(error)) from None
     return model, log_keys
+
+
+def _learning_rate(
+    config: Config, splits: data.RunData
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's rate: a plain one, or a schedule over the run's steps (see
+    `lr_schedule`)."""
+    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
+    return lr_schedule.learning_rate(
+        config.lr_schedule,
+        config.learning_rate,
+        config.warmup_steps,
+        config.epochs * steps_per_epoch,
+    )
 
 
 def _callbacks(
@@ -466,7 +485,7 @@ def _callbacks(
     so that every other callback has seen the step it stops after)."""
     callbacks = [NonFiniteLossGuard()]
     best_path = os.path.join(run_dir, rundir.BEST_MODEL_FILE)
-    if config.lr_halve_epochs:
+    if config.lr_schedule == "halve" and config.lr_halve_epochs:
         callbacks.append(
             LearningRateHalving(config.lr_halve_epochs, config.lr_halve_factor, print_fn)
         )
@@ -517,6 +536,17 @@ def _callbacks(
         ),
         HistoryFile(os.path.join(run_dir, rundir.HISTORY_FILE), schedule.initial_epoch),
     ]
+    if config.lr_schedule == "plateau":  # after the summaries: they log the epoch's rate
+        callbacks.append(
+            lr_schedule.LearningRateOnPlateau(
+                config.monitor,
+                report.higher_is_better(config.monitor),
+                config.lr_plateau_patience,
+                config.lr_halve_factor,
+                earlier=_earlier_values(config, run_dir, schedule.initial_epoch),
+                print_fn=print_fn,
+            )
+        )
     if config.early_stopping_patience:  # after the best model: it may restore that
         callbacks.append(
             EarlyStopping(
@@ -543,7 +573,11 @@ def _restore(
     directory, which other workers read but never write) into `checkpoint`'s
     objects; returns its global step, 0 when the run never saved one
     (`rundir.plan` allows that only for a run that recorded no epoch)."""
-    extra = {name: getattr(checkpoint, name) for name in ("epoch_metrics",)}
+    extra = {
+        name: getattr(checkpoint, name)
+        for name in ("epoch_metrics", "lr_scale")
+        if hasattr(checkpoint, name)
+    }
     manager = make_manager(
         model, os.path.join(run_dir, rundir.CHECKPOINT_DIR), keep, warn=print_fn, extra=extra
     )

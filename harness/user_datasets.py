@@ -98,6 +98,10 @@ class DatasetSplits:
         """The validation batches, in the pipeline's order."""
         return _cast_batches(self._val.batch(batch_size), self._cast)
 
+    def test(self, batch_size: int) -> None:
+        """None: a pair of pipelines has no test split apart from validation."""
+        return None
+
 
 def is_pair(value) -> bool:
     """Whether `value` is a pair of `tf.data.Dataset`s."""
