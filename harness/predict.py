@@ -6,8 +6,9 @@ usage: python -m harness.predict --run_name=X --input=FILE [--checkpoint=best|la
 --input is one of:
   a .txt file: one raw text per line, for text runs; tokenized as the run's training
     data was (reuters/imdb: Keras's word index; a text folder: the run's vocabulary)
-  an image (.png .jpg .jpeg .bmp .gif), for image-folder runs: resized and scaled as
-    the folder loader did at training
+  images (.png .jpg .jpeg .bmp .gif), for image-folder runs: --input repeated, or a
+    folder (its images, subfolders included); resized and scaled as the folder loader
+    did at training
   an .npz: the array `x` (or its only array, or `x_test`), one row per example
 Prints each input's top --top_k classes with their probabilities (--json: one JSON
 document). Writes nothing. The run's data is loaded to rebuild its model.
@@ -31,8 +32,11 @@ _SHOWN_CHARS = 60
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     """predict's own flags (the run and checkpoint flags are saved_run's)."""
-    flags.DEFINE_string(
-        "input", None, ".txt (text runs), an image (image runs) or .npz", flag_values=flag_values
+    flags.DEFINE_multi_string(
+        "input",
+        None,
+        ".txt (text runs), images or a folder of them (image runs; repeat --input), or .npz",
+        flag_values=flag_values,
     )
     flags.DEFINE_integer(
         "top_k", 3, "Classes shown per input", lower_bound=1, flag_values=flag_values
@@ -40,15 +44,45 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_bool("json", False, "Print one JSON document", flag_values=flag_values)
 
 
-def read_input(path: str | None) -> tuple:
-    """(kind, content) of the --input file, read without TensorFlow: ('text', lines),
-    ('image', path) or ('array', array).
+def read_input(paths: list | None) -> tuple:
+    """(kind, content) of the --input files, read without TensorFlow: ('text', lines),
+    ('image', paths) or ('array', array).
 
     Raises:
-        UsageError: a missing, unreadable, empty or unsupported file.
+        UsageError: a missing, unreadable, empty or unsupported file; several files
+            that are not all images.
     """
-    if not path:
+    if not paths:
         raise UsageError("--input is required: a .txt, image or .npz file to predict on")
+    files = [file for path in paths for file in _files(path)]
+    if len(files) == 1:
+        return _read_file(files[0])
+    for path in files:
+        if _read_file(path)[0] != "image":
+            raise UsageError(
+                f"--input={path!r}: several inputs must all be images; give one .txt or .npz"
+            )
+    return "image", files
+
+
+def _files(path: str) -> list:
+    """`path`, or the image files in the folder `path` (sorted, subfolders included)."""
+    if not os.path.isdir(path):
+        return [path]
+    found = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(path)
+        for name in names
+        if os.path.splitext(name)[1].lower() in catalog.IMAGE_SUFFIXES
+    )
+    if not found:
+        raise UsageError(
+            f"--input={path!r} is a folder without images ({' '.join(catalog.IMAGE_SUFFIXES)})"
+        )
+    return found
+
+
+def _read_file(path: str) -> tuple:
     suffix = os.path.splitext(path)[1].lower()
     try:
         with open(path, "rb") as f:
@@ -60,7 +94,7 @@ def read_input(path: str | None) -> tuple:
     if suffix in catalog.TEXT_SUFFIXES:
         return "text", _lines(path, content)
     if suffix in catalog.IMAGE_SUFFIXES:
-        return "image", path
+        return "image", [path]
     if suffix == ".npz":
         return "array", _npz_array(path)
     raise UsageError(
@@ -114,7 +148,7 @@ def model_inputs(run: saved_run.SavedRun, kind: str, content) -> tuple[list, np.
     if kind == "text":
         return content, _tokenized(run, content, spec)
     if kind == "image":
-        return [content], _image(run, content, spec)
+        return content, np.concatenate([_image(run, path, spec) for path in content])
     if tuple(content.shape[1:]) != tuple(spec.shape[1:]) or content.dtype.kind not in "biuf":
         raise UsageError(
             f"--input: the array is {content.dtype} of shape {content.shape}; the model takes "

@@ -202,7 +202,9 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.set_verbosity(logging.WARNING)
     with stderr_silenced():
-        import tensorflow  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the devices' start-up lines (cuInit without a GPU)
 
 
 def cli(

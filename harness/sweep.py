@@ -328,7 +328,10 @@ def main(argv) -> int:
     print(f"See it in TensorBoard: {report.tensorboard_command(sweep.sweep_dir)}")
     failed = [row["trial"] for row in rows if row["status"] == FAILED]
     if failed:
-        print(f"harness: error: {len(failed)} trials failed: {', '.join(failed)}", file=sys.stderr)
+        trials = "trial" if len(failed) == 1 else "trials"
+        print(
+            f"harness: error: {len(failed)} {trials} failed: {', '.join(failed)}", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import proc_util
 import pytest
+import user_data
 
 from harness import rundir
 from harness.config import Config
@@ -114,7 +115,7 @@ def test_predict_on_newswire_text_gives_the_validation_class(trained, best, tmp_
     news = tmp_path / "news.txt"
     news.write_text("\n".join(texts) + "\n")
 
-    names, x = predict.model_inputs(run, *predict.read_input(str(news)))
+    names, x = predict.model_inputs(run, *predict.read_input([str(news)]))
     np.testing.assert_array_equal(x, rows)  # the real text tokenizes as the data did
     expected = run.model.predict(rows, verbose=0).argmax(axis=1)
     process = tool(
@@ -131,6 +132,41 @@ def test_predict_on_newswire_text_gives_the_validation_class(trained, best, tmp_
     assert [r["top_k"][0]["class"] for r in results] == expected.tolist()
     assert all(len(r["top_k"]) == 3 for r in results)
     assert results[0]["top_k"][0]["name"] == run.splits.class_names[expected[0]]
+
+
+@pytest.mark.slow
+def test_predict_on_image_files_and_a_folder(tmp_path, tiny_config):
+    from harness import predict, saved_run, train
+
+    folder = user_data.digits_folder(tmp_path / "digits", per_class=6, validation_per_class=2)
+    logdir = tmp_path / "logs"
+    config = tiny_config(
+        logdir, dataset=str(folder), image_size=(8, 8), epochs=1, run_name="img", num_examples=None
+    )
+    train(config, print_fn=lambda line: None)
+    run = saved_run.open_run(saved_run.locate(str(logdir), "img", "best"))
+    sevens = sorted(str(path) for path in (folder / "validation" / "7").glob("*.png"))
+    names, x = predict.model_inputs(run, *predict.read_input([str(folder / "validation" / "7")]))
+    assert names == sevens and x.shape == (2, 8, 8, 3)
+    for row in x:  # scaled as the folder loader did: each is one of the validation images
+        assert np.isclose(run.splits.x_val, row).all(axis=(1, 2, 3)).any()
+
+    inputs = [f"--input={path}" for path in (*sevens, folder / "validation" / "0")]
+    process = tool(
+        "predict", f"--logdir={logdir}", "--run_name=img", *inputs, "--json", cwd=tmp_path
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    results = json.loads(process.stdout)
+    zeros = sorted(str(path) for path in (folder / "validation" / "0").glob("*.png"))
+    assert [r["input"] for r in results] == [*sevens, *zeros]
+    expected = run.model.predict(x, verbose=0).argmax(axis=1)
+    assert [r["top_k"][0]["class"] for r in results[:2]] == expected.tolist()
+    assert {r["top_k"][0]["name"] for r in results} <= set(run.splits.class_names)
+
+    np.savez(tmp_path / "rows.npz", x=x)
+    mixed = [*inputs[:1], f"--input={tmp_path / 'rows.npz'}"]
+    refused = tool("predict", f"--logdir={logdir}", "--run_name=img", *mixed, cwd=tmp_path)
+    proc_util.assert_one_error_line(refused, "must all be images")
 
 
 @pytest.mark.slow
