@@ -153,7 +153,7 @@ def open_run(located: Located, print_fn: Callable[[str], None] = print) -> Saved
     import keras
     import tensorflow as tf
 
-    from harness import data, training
+    from harness import pipeline, training
     from harness.callbacks import lr_schedule
     from harness.callbacks.checkpoint import make_manager, restore_latest
     from harness.callbacks.epoch_state import EpochMetricsState
@@ -163,7 +163,9 @@ def open_run(located: Located, print_fn: Callable[[str], None] = print) -> Saved
     keras.utils.set_random_seed(config.seed)
     splits, run_task = training.data_and_task(config, located.run_dir, None)
     model, _ = training.compiled_model(config, run_task, splits, None)
-    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
+    steps_per_epoch = pipeline.steps_for(
+        splits.train_size, config.batch_size, config.steps_per_epoch
+    )
     manager = make_manager(  # builds the optimizer too: best.keras holds its step count
         model,
         os.path.join(located.run_dir, rundir.CHECKPOINT_DIR),

@@ -1,7 +1,7 @@
 """The data users bring: an .npz file, a folder of class subfolders, a function.
 
 Every source ends as `data.Splits` of in-memory arrays, so that each loop reads
-the same seeded stream of batches (`data.TrainStream`) and a resumed run sees the
+the same seeded stream of batches (`pipeline.TrainStream`) and a resumed run sees the
 same batch at each global step:
 - `<file>.npz`: arrays `x_train, y_train` and `x_val, y_val` (or `x_test, y_test`),
   read with `allow_pickle=False`; `x_train/<name>` keys make named inputs; a file
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from harness import catalog, data, task, user_code, user_datasets
+from harness import catalog, data, pipeline, task, user_code, user_datasets
 from harness.callbacks import files
 from harness.config import Config
 from harness.errors import UsageError
@@ -131,10 +131,10 @@ def from_arrays(config: Config, arrays: Mapping, where: str | None = None) -> da
             "--validation_split=0.2 to hold out a fifth of the training data"
         )
     if config.num_examples:
-        if config.num_examples > data.num_examples(x_train):
+        if config.num_examples > pipeline.num_examples(x_train):
             raise UsageError(
                 f"--num_examples={config.num_examples} is not allowed: {where} has "
-                f"{data.num_examples(x_train)} training examples; use at most that"
+                f"{pipeline.num_examples(x_train)} training examples; use at most that"
             )
         x_train, y_train = data.take((x_train, y_train), slice(None, config.num_examples))
     (x_val, y_val), (x_test, y_test) = val, test or (None, None)

@@ -25,6 +25,7 @@ from harness import (
     hparams,
     loops,
     models,
+    pipeline,
     report,
     rundir,
     sources,
@@ -148,7 +149,9 @@ def _train(
     keras.utils.set_random_seed(config.seed)
     splits, run_task = data_and_task(config, run_dir if config.resume else None, given_data)
     model, log_keys = compiled_model(config, run_task, splits, given_model)
-    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
+    steps_per_epoch = pipeline.steps_for(
+        splits.train_size, config.batch_size, config.steps_per_epoch
+    )
     loops.get(config.mode).check_epoch(steps_per_epoch, config.execution_steps)
 
     stop_guard = StopOnSignal(
@@ -455,7 +458,9 @@ def _learning_rate(
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The optimizer's rate: a plain one, or a schedule over the run's steps (see
     `lr_schedule`)."""
-    steps_per_epoch = data.steps_for(splits.train_size, config.batch_size, config.steps_per_epoch)
+    steps_per_epoch = pipeline.steps_for(
+        splits.train_size, config.batch_size, config.steps_per_epoch
+    )
     return lr_schedule.learning_rate(
         config.lr_schedule,
         config.learning_rate,

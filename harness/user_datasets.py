@@ -21,7 +21,7 @@ _SCAN_BATCH = 4096
 
 
 class DatasetStream:
-    """The training batches of a user's pipeline (see `data.Batches`): every batch
+    """The training batches of a user's pipeline (see `pipeline.Batches`): every batch
     from one iterator, the batch size not static, no partial batches of their own."""
 
     partial_size = 0

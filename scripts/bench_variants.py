@@ -17,7 +17,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from harness import Config, data, models, task, tracing, train
+from harness import Config, data, models, pipeline, task, tracing, train
 
 SEED = Config.seed
 
@@ -126,7 +126,7 @@ def _datasets(splits: data.Splits, batch_size: int) -> tuple:
         .shuffle(splits.train_size, seed=SEED)
         .batch(batch_size)
     )
-    return train_set, data.validation_dataset(splits.x_val, splits.y_val, batch_size=batch_size)
+    return train_set, pipeline.validation_dataset(splits.x_val, splits.y_val, batch_size=batch_size)
 
 
 class TapeStep:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import data
+from harness import data, pipeline
 from harness.errors import UsageError
 
 # --- Synthetic data ------------------------------------------------------------------------
@@ -69,8 +69,8 @@ BATCH = 8
 BATCHES_PER_PASS = math.ceil(50 / BATCH)  # 7: six of 8, then a partial batch of 2
 
 
-def _stream(seed: int = 7, **options) -> data.TrainStream:
-    return data.TrainStream(X, Y, batch_size=BATCH, seed=seed, **options)
+def _stream(seed: int = 7, **options) -> pipeline.TrainStream:
+    return pipeline.TrainStream(X, Y, batch_size=BATCH, seed=seed, **options)
 
 
 def _batches(dataset, count: int) -> list:
@@ -129,7 +129,7 @@ def test_full_and_partial_batches_cut_the_stream_in_two(start_step):
 
 
 def test_whole_batches_only_when_the_batch_size_divides_the_data():
-    stream = data.TrainStream(X[:48], Y[:48], batch_size=BATCH, seed=7)
+    stream = pipeline.TrainStream(X[:48], Y[:48], batch_size=BATCH, seed=7)
     assert stream.partial_size == 0 and stream.next_partial_step(5) is None
     with pytest.raises(ValueError, match="no partial batches"):
         stream.partial_batches()
@@ -204,7 +204,7 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
         "Map",
         "Range",
     ]
-    for prefetch, ahead in ((stages[1], data.BATCHES_AHEAD), (stages[4], 1)):  # batches; a part
+    for prefetch, ahead in ((stages[1], pipeline.BATCHES_AHEAD), (stages[4], 1)):  # batches; a part
         assert tf.make_ndarray(_input_of(nodes, prefetch.input[1]).attr["value"].tensor) == ahead
     # Each pass (Map over pass numbers): one permutation, cut into parts of rows...
     permutation = _body_ops(graph, "__inference_Dataset_map_TrainStream._permutation")
@@ -222,7 +222,7 @@ def test_pipeline_gathers_parts_of_each_pass_ahead_then_slices_their_batches():
 
 
 def test_validation_batches_are_complete_and_in_order():
-    dataset = data.validation_dataset(X, Y, batch_size=BATCH)
+    dataset = pipeline.validation_dataset(X, Y, batch_size=BATCH)
     for _ in range(2):  # the same order every time
         batches = _batches(dataset, 100)
         assert [len(y) for _, y in batches] == [BATCH] * 6 + [2]
@@ -231,9 +231,9 @@ def test_validation_batches_are_complete_and_in_order():
 
 
 def test_steps_for():
-    assert data.steps_for(250, 32, None) == 8
-    assert data.steps_for(256, 32, None) == 8
-    assert data.steps_for(250, 32, 3) == 3
+    assert pipeline.steps_for(250, 32, None) == 8
+    assert pipeline.steps_for(256, 32, None) == 8
+    assert pipeline.steps_for(250, 32, 3) == 3
 
 
 # --- The real Reuters file -------------------------------------------------------------------

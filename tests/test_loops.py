@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import data, models, task, tracing, train
+from harness import models, pipeline, task, tracing, train
 from harness.catalog import MIN_MAX_LEN
 from harness.config import BUILTIN_MODELS, MODES, Config
 from harness.errors import UsageError
@@ -307,7 +307,7 @@ def test_tape_input_reads_the_stream_in_order(start_step, counts):
     """The tape loop reads full and partial batches from two iterators; however its
     executions cut the steps, it trains on the stream's batches in the stream's order."""
     x, y = np.arange(50 * 3, dtype=np.int32).reshape(50, 3), np.arange(50, dtype=np.int32)
-    stream = data.TrainStream(x, y, batch_size=8, seed=7)  # passes of 6 x 8 and then 2
+    stream = pipeline.TrainStream(x, y, batch_size=8, seed=7)  # passes of 6 x 8 and then 2
     batches = _StaticBatches(stream, start_step, distribute=lambda dataset: dataset)
     read = []
     for count in counts:

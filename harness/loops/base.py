@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from harness.callbacks.epoch_state import EpochMetricsState
     from harness.config import Config
-    from harness.data import TrainStream
+    from harness.pipeline import TrainStream
 
 Logs = dict
 

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from harness.data import TrainStream
 from harness.loops.base import Logs
+from harness.pipeline import TrainStream
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ Imported when the loop runs (it imports TensorFlow); see `tape.py`.
 import keras
 import tensorflow as tf
 
-from harness.data import TrainStream
 from harness.loops.base import Logs
+from harness.pipeline import TrainStream
 
 
 class TapeSteps:
