@@ -1,7 +1,7 @@
 """The run configuration: a frozen record of every option, each declared once.
 
 Each field is an `options.option`: its type, default, help, choices, parser and
-checks. `run.py` derives the flags from the fields, `flags_doc` the README's
+checks. `run.py` derives the flags from the fields, `flags_doc` docs/flags.md's
 tables, and `Config.validate()` runs each field's checks, then the rules that
 tie fields together, raising UsageError with the flag, the value received and
 what is allowed. Everything else takes a `Config` and never reads FLAGS.
@@ -38,7 +38,7 @@ LR_SCHEDULES = ("halve", "plateau", "cosine")
 MULTI_IO_OUTPUTS = catalog.OWN_DATA_MODELS["multi_io"][0]
 _RUN_NAME = re.compile(r"^[\w.\-]+$")
 NAME_MAX = 255  # bytes in one file name, on every common file system
-# The README's tables, in order (see flags_doc.py).
+# docs/flags.md's tables, in order (see flags_doc.py).
 WHAT, HOW, WHERE, PROFILING, DEVICES = GROUPS = (
     "What to train",
     "How to train",

@@ -1,6 +1,6 @@
-"""The README's flag tables, written from the `Config` fields that define the flags.
+"""docs/flags.md's flag tables, written from the `Config` fields that define the flags.
 
-`python -m harness.flags_doc --write` rewrites the part of README.md between
+`python -m harness.flags_doc --write` rewrites the part of docs/flags.md between
 the `<!-- flags:start -->` and `<!-- flags:end -->` markers; without --write it
 exits 1 if that part is stale (tests/test_options.py checks it too).
 """
@@ -13,7 +13,7 @@ import sys
 from harness.config import GROUPS, Config
 from harness.options import help_text
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+FLAGS_DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "flags.md"
 START, END = "<!-- flags:start -->", "<!-- flags:end -->"
 
 
@@ -32,12 +32,12 @@ def tables() -> str:
     return "\n\n".join(parts)
 
 
-def updated(readme: str) -> str:
-    """`readme` with the tables between the markers replaced by `tables()`."""
-    head, start, rest = readme.partition(START)
+def updated(text: str) -> str:
+    """`text` with the tables between the markers replaced by `tables()`."""
+    head, start, rest = text.partition(START)
     _, end, tail = rest.partition(END)
     if not (start and end):
-        raise ValueError(f"README.md lacks the markers {START} ... {END}")
+        raise ValueError(f"docs/flags.md lacks the markers {START} ... {END}")
     return f"{head}{START}\n{tables()}\n{END}{tail}"
 
 
@@ -61,16 +61,16 @@ def _cell(text: str) -> str:
 
 
 def main(argv: list) -> int:
-    """Writes (--write) or checks README.md's flag tables; 1 when stale."""
+    """Writes (--write) or checks docs/flags.md's flag tables; 1 when stale."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="update README.md in place")
+    parser.add_argument("--write", action="store_true", help="update docs/flags.md in place")
     args = parser.parse_args(argv)
-    readme = README.read_text()
-    fresh = updated(readme)
+    current = FLAGS_DOC.read_text()
+    fresh = updated(current)
     if args.write:
-        README.write_text(fresh)
-    elif fresh != readme:
-        print(f"{README} is stale: run python -m harness.flags_doc --write", file=sys.stderr)
+        FLAGS_DOC.write_text(fresh)
+    elif fresh != current:
+        print(f"{FLAGS_DOC} is stale: run python -m harness.flags_doc --write", file=sys.stderr)
         return 1
     return 0
 

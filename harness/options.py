@@ -4,7 +4,7 @@
 derives from it: `run.py` defines the flag (`flag_kind`, `flag_default`,
 `help_text`) and reads it (`from_flag`),
 `Config.validate()` runs `check_field` on its value, and `flags_doc` writes its
-README row. The checks here are the generic ones; each raises UsageError naming
+docs/flags.md row. The checks here are the generic ones; each raises UsageError naming
 the flag, the value received and what is allowed.
 """
 
@@ -40,7 +40,7 @@ def option(
     Args:
         default: the value when the flag is not given.
         help: the flag's help; '{choices}' stands for the choices joined by ' | '.
-        group: the README table the flag is listed in.
+        group: the docs/flags.md table the flag is listed in.
         choices: the values allowed (checked by `validate`, listed in the help).
         parse: turns the flag's text into the value (list-like flags; the flag is
             then a string whose default is `flag_default`).

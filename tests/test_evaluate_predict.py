@@ -37,16 +37,22 @@ def trained(tmp_path_factory, tiny_config, reuters_npz):
     from harness import train
 
     logdir = tmp_path_factory.mktemp("evaluate") / "logs"
-    config = tiny_config(
+    result = train(
+        news_config(tiny_config, logdir, reuters_npz, epochs=2), print_fn=lambda line: None
+    )
+    return logdir, result.run_dir, result.history
+
+
+def news_config(tiny_config, logdir, reuters_npz, **overrides) -> Config:
+    """The module's Reuters run, "news"."""
+    return tiny_config(
         logdir,
         dataset="reuters",
         data_dir=str(reuters_npz.parent),
         num_examples=300,
-        epochs=2,
         run_name="news",
+        **overrides,
     )
-    result = train(config, print_fn=lambda line: None)
-    return logdir, result.run_dir, result.history
 
 
 def opened(trained, checkpoint: str):
@@ -235,15 +241,7 @@ def test_a_resumed_run_keeps_its_evaluations(trained, tiny_config, reuters_npz):
 
     logdir, run_dir, _ = trained
     evaluations = proc_util.snapshot(f"{run_dir}/eval-best-validation")
-    config = tiny_config(
-        logdir,
-        dataset="reuters",
-        data_dir=str(reuters_npz.parent),
-        num_examples=300,
-        epochs=3,
-        run_name="news",
-        resume=True,
-    )
+    config = news_config(tiny_config, logdir, reuters_npz, epochs=3, resume=True)
     result = train(config, print_fn=lambda line: None)
     assert result.history["epoch"] == [1, 2, 3]
     assert proc_util.snapshot(f"{run_dir}/eval-best-validation") == evaluations

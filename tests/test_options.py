@@ -1,4 +1,4 @@
-"""Options declared once: the flags, the README's tables and the loops' rules come
+"""Options declared once: the flags, docs/flags.md's tables and the loops' rules come
 from the `Config` fields and the loop registry, and none of it needs TensorFlow."""
 
 import dataclasses
@@ -16,11 +16,11 @@ from harness.config import Config  # noqa: E402
 from harness.errors import UsageError  # noqa: E402
 
 
-def test_readme_flag_tables_are_current():
-    readme = flags_doc.README.read_text()
-    assert flags_doc.updated(readme) == readme, "run: python -m harness.flags_doc --write"
+def test_the_flag_tables_are_current():
+    tables = flags_doc.FLAGS_DOC.read_text()
+    assert flags_doc.updated(tables) == tables, "run: python -m harness.flags_doc --write"
     for field in dataclasses.fields(Config):
-        assert f"| `--{field.name}` |" in readme, field.name
+        assert f"| `--{field.name}` |" in tables, field.name
 
 
 def test_the_flags_are_checked_without_tensorflow():
